@@ -1,0 +1,2 @@
+//! Device placement.
+pub mod bus;
