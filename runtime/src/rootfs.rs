@@ -1,0 +1,202 @@
+//! A container's root filesystem on the host, placed into the sandbox's shared directory
+//! (which virtiofsd exports to the guest).
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Errors preparing a container root.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// The root directory does not exist.
+    #[error("Rootfs {0} does not exist")]
+    Missing(PathBuf),
+    /// It is not a directory.
+    #[error("Rootfs {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// It is empty: nothing to run.
+    #[error("Rootfs {0} is empty")]
+    Empty(PathBuf),
+    /// A filesystem operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What runv was doing.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the container sees its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsSource {
+    /// The directory itself, read-write: the container's writes land in it (as with runc).
+    Bind(PathBuf),
+    /// The directory as the read-only lower layer of an overlay whose upper layer belongs to
+    /// this sandbox: the image stays untouched and the writes go when the sandbox goes.
+    Overlay(PathBuf),
+}
+
+impl RootfsSource {
+    /// The directory the root comes from.
+    pub fn dir(&self) -> &Path {
+        match self {
+            RootfsSource::Bind(p) | RootfsSource::Overlay(p) => p,
+        }
+    }
+}
+
+/// Checks that `dir` is a non-empty directory, before any VM starts.
+pub fn validate(dir: &Path) -> Result<(), RootfsError> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RootfsError::Missing(dir.to_path_buf()))
+        }
+        Err(source) => return Err(RootfsError::Io { op: "Stat", path: dir.to_path_buf(), source }),
+    };
+    if !meta.is_dir() {
+        return Err(RootfsError::NotADirectory(dir.to_path_buf()));
+    }
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|source| RootfsError::Io { op: "Read", path: dir.to_path_buf(), source })?;
+    if entries.next().is_none() {
+        return Err(RootfsError::Empty(dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// A container root mounted into the shared directory; unmounted on [`Self::unmount`] or drop.
+#[derive(Debug)]
+pub struct MountedRootfs {
+    target: PathBuf,
+    scratch: Option<PathBuf>,
+    mounted: bool,
+}
+
+impl MountedRootfs {
+    /// Mounts `source` at `target` (created if needed). An overlay keeps its upper and work
+    /// directories in `scratch`, outside what the guest sees.
+    pub fn mount(source: &RootfsSource, target: &Path, scratch: &Path) -> Result<Self, RootfsError> {
+        validate(source.dir())?;
+        let err = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source: std::io::Error| RootfsError::Io { op, path, source }
+        };
+        std::fs::create_dir_all(target).map_err(err("Create", target))?;
+        let mut mounted = Self { target: target.to_path_buf(), scratch: None, mounted: false };
+        match source {
+            RootfsSource::Bind(dir) => {
+                mount(Some(dir), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                    .map_err(|e| err("Bind-mount rootfs at", target)(e.into()))?;
+            }
+            RootfsSource::Overlay(dir) => {
+                let upper = scratch.join("upper");
+                let work = scratch.join("work");
+                mounted.scratch = Some(scratch.to_path_buf());
+                std::fs::create_dir_all(&upper).map_err(err("Create", &upper))?;
+                std::fs::create_dir_all(&work).map_err(err("Create", &work))?;
+                let options = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    dir.display(),
+                    upper.display(),
+                    work.display()
+                );
+                mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+                    .map_err(|e| err("Mount overlay rootfs at", target)(e.into()))?;
+            }
+        }
+        mounted.mounted = true;
+        Ok(mounted)
+    }
+
+    /// Where it is mounted.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Unmounts it (recursively, detaching if busy) and removes the overlay scratch space.
+    pub fn unmount(&mut self) -> Result<(), RootfsError> {
+        if self.mounted {
+            let mut result = umount2(&self.target, MntFlags::empty());
+            if result == Err(nix::errno::Errno::EBUSY) {
+                result = umount2(&self.target, MntFlags::MNT_DETACH);
+            }
+            result.map_err(|e| RootfsError::Io {
+                op: "Unmount rootfs",
+                path: self.target.clone(),
+                source: e.into(),
+            })?;
+            self.mounted = false;
+        }
+        if let Some(scratch) = self.scratch.take() {
+            std::fs::remove_dir_all(&scratch)
+                .map_err(|source| RootfsError::Io { op: "Remove", path: scratch, source })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MountedRootfs {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            tracing::warn!(error = %e, "rootfs cleanup");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        assert_eq!(validate(&missing).unwrap_err().to_string(), format!("Rootfs {} does not exist", missing.display()));
+        assert!(matches!(validate(dir.path()), Err(RootfsError::Empty(_))));
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        assert!(matches!(validate(&file), Err(RootfsError::NotADirectory(_))));
+        validate(dir.path()).unwrap();
+    }
+
+    fn is_mount_point(path: &Path) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let p = path.to_string_lossy();
+        mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+    }
+
+    #[test]
+    fn bind_and_overlay_mount_and_unmount() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        std::fs::create_dir_all(&image).unwrap();
+        std::fs::write(image.join("hello"), "hi").unwrap();
+
+        let target = dir.path().join("bind");
+        let mut m = MountedRootfs::mount(&RootfsSource::Bind(image.clone()), &target, &dir.path().join("s1")).unwrap();
+        assert!(is_mount_point(&target));
+        std::fs::write(target.join("written"), "w").unwrap();
+        m.unmount().unwrap();
+        assert!(!is_mount_point(&target));
+        assert!(image.join("written").exists(), "a bind rootfs keeps the container's writes");
+
+        let target = dir.path().join("ovl");
+        let scratch = dir.path().join("s2");
+        let m = MountedRootfs::mount(&RootfsSource::Overlay(image.clone()), &target, &scratch).unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("hello")).unwrap(), "hi");
+        std::fs::write(target.join("new"), "n").unwrap();
+        drop(m);
+        assert!(!is_mount_point(&target));
+        assert!(!image.join("new").exists(), "an overlay rootfs leaves the image untouched");
+        assert!(!scratch.exists());
+    }
+}
