@@ -1,1 +1,7 @@
-//! TODO-free placeholder replaced below.
+//! virtio-net on a host tap device.
+
+pub mod device;
+pub mod queue;
+pub mod tap;
+
+pub use device::Net;

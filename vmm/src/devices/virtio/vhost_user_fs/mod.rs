@@ -1,1 +1,1 @@
-//! TODO-free placeholder replaced below.
+//! vhost-user-fs frontend (placeholder while the frontend is written).
