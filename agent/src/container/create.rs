@@ -1,0 +1,209 @@
+//! CreateContainer: from a validated spec to an init process waiting for its start.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use oci_spec::runtime::Spec;
+
+use super::cgroup::{Cgroup, CgroupManager};
+use super::channel::InitChannel;
+use super::clone::{clone_init, InitFds};
+use super::stdio::{self, Stdio};
+use super::sync::{FromInit, InitConfig, InitFailure, ToInit};
+use super::{spec, Container, Lifecycle};
+use crate::error::AgentError;
+use crate::reaper::{self, ExitReceiver, Reaper};
+
+/// What creating a container needs from the agent.
+pub struct CreateRequest {
+    pub container_id: String,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub readonly_root: bool,
+}
+
+/// Creates the container; on failure nothing of it is left.
+pub async fn create(
+    reaper: &Reaper,
+    cgroups: &CgroupManager,
+    req: CreateRequest,
+) -> Result<Container, AgentError> {
+    let id = req.container_id.clone();
+    let cgroup = cgroups.create(&id).map_err(|source| AgentError::Cgroup {
+        id: id.clone(),
+        source,
+    })?;
+    let result = create_in_cgroup(reaper, &cgroup, req).await;
+    match result {
+        Ok(parts) => Ok(Container {
+            id,
+            pid: parts.pid,
+            exit: parts.exit,
+            stdio: parts.stdio,
+            cgroup,
+            lifecycle: Mutex::new(Lifecycle::Created(parts.channel)),
+        }),
+        Err(err) => {
+            if let Err(rm) = cgroup.remove().await {
+                tracing::warn!(container = %id, %rm, "cleanup of failed container");
+            }
+            Err(err)
+        }
+    }
+}
+
+struct Parts {
+    pid: nix::unistd::Pid,
+    exit: ExitReceiver,
+    stdio: Stdio,
+    channel: InitChannel,
+}
+
+async fn create_in_cgroup(
+    reaper: &Reaper,
+    cgroup: &Cgroup,
+    req: CreateRequest,
+) -> Result<Parts, AgentError> {
+    let id = req.container_id.clone();
+    let os = |what: &'static str| {
+        let id = id.clone();
+        move |e| AgentError::os(format!("container {id:?}: {what}"), e)
+    };
+    if let Some(resources) = req
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+    {
+        cgroup
+            .apply(resources)
+            .map_err(|source| AgentError::Cgroup {
+                id: id.clone(),
+                source,
+            })?;
+    }
+
+    let terminal = spec::terminal(&req.spec);
+    let (child_stdio, pipe_ends) = if terminal {
+        (null_stdio().map_err(os("open /dev/null"))?, None)
+    } else {
+        let (child, ends) = stdio::pipes().map_err(os("stdio pipes"))?;
+        (child, Some(ends))
+    };
+    let (agent_sock, init_sock) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(os("sync socket"))?;
+
+    let (pid, exit) = clone_init(
+        reaper,
+        InitFds {
+            stdio: [&child_stdio[0], &child_stdio[1], &child_stdio[2]],
+            sync: &init_sock,
+        },
+    )
+    .map_err(os("clone init process"))?;
+    drop(child_stdio);
+    drop(init_sock);
+    tracing::debug!(container = %id, pid = pid.as_raw(), "init process cloned");
+
+    let prepared = async {
+        let mut channel = InitChannel::new(agent_sock).map_err(|e| AgentError::Stdio {
+            id: id.clone(),
+            source: e.into(),
+        })?;
+        cgroup
+            .add_process(pid)
+            .map_err(|source| AgentError::Cgroup {
+                id: id.clone(),
+                source,
+            })?;
+        let config = InitConfig {
+            container_id: id.clone(),
+            spec: req.spec,
+            rootfs: req.rootfs,
+            readonly_root: req.readonly_root,
+        };
+        let sync_err = |source| AgentError::Sync {
+            id: id.clone(),
+            source,
+        };
+        channel
+            .send(&ToInit::Config(Box::new(config)))
+            .await
+            .map_err(sync_err)?;
+        let mut master = None;
+        loop {
+            match channel.recv().await.map_err(sync_err)? {
+                Some(FromInit::Pty) => master = channel.take_fd(),
+                Some(FromInit::Ready) => break,
+                Some(FromInit::Failed(failure)) => {
+                    return Err(AgentError::Init {
+                        id: id.clone(),
+                        failure,
+                    })
+                }
+                None => {
+                    let status = reaper::wait_exit(exit.clone()).await;
+                    let failure = InitFailure::internal(format!(
+                        "init process exited with status {} before it was ready",
+                        status.code
+                    ));
+                    return Err(AgentError::Init {
+                        id: id.clone(),
+                        failure,
+                    });
+                }
+            }
+        }
+        let stdio = match (pipe_ends, master) {
+            (Some(ends), _) => Stdio::from_pipes(ends),
+            (None, Some(master)) => Stdio::from_pty(master),
+            (None, None) => {
+                let failure = InitFailure::internal("no terminal from the init process");
+                return Err(AgentError::Init {
+                    id: id.clone(),
+                    failure,
+                });
+            }
+        }
+        .map_err(|e| AgentError::Stdio {
+            id: id.clone(),
+            source: e.into(),
+        })?;
+        Ok((channel, stdio))
+    }
+    .await;
+
+    match prepared {
+        Ok((channel, stdio)) => Ok(Parts {
+            pid,
+            exit,
+            stdio,
+            channel,
+        }),
+        Err(err) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            reaper::wait_exit(exit).await;
+            Err(err)
+        }
+    }
+}
+
+fn null_stdio() -> Result<[OwnedFd; 3], nix::errno::Errno> {
+    let open = || -> Result<OwnedFd, nix::errno::Errno> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    };
+    Ok([open()?, open()?, open()?])
+}

@@ -1,0 +1,223 @@
+//! The container's init process: `runv-agent __container-init`.
+//!
+//! The agent clones it into new mount, pid, uts and ipc namespaces with the container's
+//! stdio as fds 0-2 and the sync socket as fd 3, then places it in the container's cgroup.
+//! Single-threaded and fresh from exec, it can do the setup that must not run between fork
+//! and exec in the agent: mounts, pivot_root, the terminal, the user, then waits for the
+//! start message and execs the container's process.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::unistd::{Gid, Uid};
+
+use super::sync::{self, FailureKind, FrameBuffer, FromInit, InitConfig, InitFailure, ToInit};
+use super::{devices, lookup, mounts, spec};
+
+/// The fd of the sync socket in the init process.
+pub const SYNC_FD: RawFd = 3;
+
+/// Runs the container's init process. Never returns.
+pub fn main() -> ! {
+    let code = match run() {
+        Ok(never) => match never {},
+        Err(failure) => {
+            if sync::send_blocking(SYNC_FD, &FromInit::Failed(failure.clone()), None).is_err() {
+                eprintln!("runv container init: {}", failure.message);
+            }
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run() -> Result<Infallible, InitFailure> {
+    fcntl(SYNC_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| InitFailure::os("sync fd", e))?;
+    // SAFETY: fd 3 is the sync socket the agent set up for us; nothing else in this
+    // process uses it as anything else.
+    let sock = unsafe { BorrowedFd::borrow_raw(SYNC_FD) };
+    let mut frames = FrameBuffer::default();
+    let config = match sync::recv_blocking(&sock, &mut frames) {
+        Ok(Some(ToInit::Config(config))) => config,
+        Ok(Some(ToInit::Start)) => return Err(InitFailure::internal("start before config")),
+        Ok(None) => std::process::exit(1),
+        Err(err) => return Err(InitFailure::internal(err.to_string())),
+    };
+    let (program, args, env) = prepare(&config)?;
+
+    sync::send_blocking(SYNC_FD, &FromInit::Ready, None)
+        .map_err(|e| InitFailure::internal(e.to_string()))?;
+    match sync::recv_blocking::<ToInit>(&sock, &mut frames) {
+        Ok(Some(ToInit::Start)) => {}
+        // The agent dropped the container before starting it.
+        _ => std::process::exit(1),
+    }
+    reset_signals();
+    let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
+    Err(InitFailure::os(
+        format!("exec {}", program.to_string_lossy()),
+        err,
+    ))
+}
+
+/// Everything up to the exec: returns the program, argv and environment.
+fn prepare(config: &InitConfig) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
+    let spec = &config.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| InitFailure::new(FailureKind::InvalidArgument, "process is missing"))?;
+
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| InitFailure::os("cgroup namespace", e))?;
+    nix::unistd::setsid().map_err(|e| InitFailure::os("setsid", e))?;
+
+    let rootfs = &config.rootfs;
+    mounts::prepare_root(rootfs)?;
+    let spec_mounts = spec.mounts().clone().unwrap_or_default();
+    for m in mounts::mount_plan(&spec_mounts) {
+        mounts::mount_entry(rootfs, &m)?;
+    }
+    devices::populate(rootfs)?;
+    mounts::pivot_root(rootfs)?;
+
+    if spec::terminal(spec) {
+        setup_terminal(spec::console_size(spec))?;
+    }
+    if let Some(linux) = spec.linux() {
+        mounts::mask_paths(linux.masked_paths().as_deref().unwrap_or_default())?;
+        mounts::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default())?;
+    }
+    if config.readonly_root {
+        mounts::remount_readonly("/")?;
+    }
+    if let Some(hostname) = spec.hostname() {
+        nix::unistd::sethostname(hostname)
+            .map_err(|e| InitFailure::os(format!("sethostname {hostname:?}"), e))?;
+    }
+    if process.no_new_privileges().unwrap_or(false) {
+        // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integers only.
+        let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        Errno::result(ret).map_err(|e| InitFailure::os("no_new_privs", e))?;
+    }
+    switch_user(process.user())?;
+
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd.as_path())
+        .map_err(|e| InitFailure::os(format!("cwd {}", cwd.display()), e))?;
+
+    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let args: Vec<String> = process.args().clone().unwrap_or_default();
+    let program = lookup::resolve(&args[0], lookup::path_from_env(&env))?;
+    Ok((
+        c_string(program.as_os_str().as_encoded_bytes())?,
+        c_strings(&args)?,
+        c_strings(&env)?,
+    ))
+}
+
+fn c_string(bytes: &[u8]) -> Result<CString, InitFailure> {
+    CString::new(bytes).map_err(|_| {
+        InitFailure::new(
+            FailureKind::InvalidArgument,
+            "argument or environment contains NUL",
+        )
+    })
+}
+
+fn c_strings(items: &[String]) -> Result<Vec<CString>, InitFailure> {
+    items.iter().map(|s| c_string(s.as_bytes())).collect()
+}
+
+/// A pty from the container's own devpts: the slave becomes fds 0-2, the controlling
+/// terminal and /dev/console; the master goes to the agent.
+fn setup_terminal(size: Option<(u16, u16)>) -> Result<(), InitFailure> {
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| InitFailure::os("open /dev/ptmx", e))?;
+    nix::pty::grantpt(&master).map_err(|e| InitFailure::os("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| InitFailure::os("unlockpt", e))?;
+    let slave_path = nix::pty::ptsname_r(&master).map_err(|e| InitFailure::os("ptsname", e))?;
+    let slave: OwnedFd = nix::fcntl::open(
+        slave_path.as_str(),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(|fd| {
+        // SAFETY: open just returned this fd and nothing else owns it.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    })
+    .map_err(|e| InitFailure::os(format!("open {slave_path}"), e))?;
+    if let Some((rows, cols)) = size {
+        super::stdio::set_window_size(master.as_raw_fd(), rows, cols)
+            .map_err(|e| InitFailure::os("set terminal size", e))?;
+    }
+    bind_console(Path::new(&slave_path))?;
+    // SAFETY: TIOCSCTTY takes an int argument; the fd is our open slave and we are a
+    // session leader without a controlling terminal.
+    let ret = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY as _, 0) };
+    Errno::result(ret).map_err(|e| InitFailure::os("set controlling terminal", e))?;
+    for target in 0..3 {
+        nix::unistd::dup2(slave.as_raw_fd(), target)
+            .map_err(|e| InitFailure::os("terminal as stdio", e))?;
+    }
+    sync::send_blocking(SYNC_FD, &FromInit::Pty, Some(master.as_raw_fd()))
+        .map_err(|e| InitFailure::internal(e.to_string()))?;
+    Ok(())
+}
+
+fn bind_console(slave: &Path) -> Result<(), InitFailure> {
+    let console = PathBuf::from("/dev/console");
+    if std::fs::symlink_metadata(&console).is_err() {
+        std::fs::File::create(&console).map_err(|e| {
+            InitFailure::os(
+                "create /dev/console",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?;
+    }
+    nix::mount::mount(
+        Some(slave),
+        &console,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| InitFailure::os("bind /dev/console", e))
+}
+
+fn switch_user(user: &oci_spec::runtime::User) -> Result<(), InitFailure> {
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| InitFailure::os("setgroups", e))?;
+    nix::unistd::setgid(Gid::from_raw(user.gid()))
+        .map_err(|e| InitFailure::os(format!("setgid {}", user.gid()), e))?;
+    nix::unistd::setuid(Uid::from_raw(user.uid()))
+        .map_err(|e| InitFailure::os(format!("setuid {}", user.uid()), e))?;
+    if let Some(umask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+    }
+    Ok(())
+}
+
+/// The process starts with default dispositions and nothing blocked, whatever the agent
+/// had (it ignores SIGPIPE, and ignored signals survive exec).
+fn reset_signals() {
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) };
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}

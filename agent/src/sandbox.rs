@@ -1,0 +1,250 @@
+//! The agent's state: the sandbox setup and its containers. The RPC layer is a thin
+//! translation onto the methods here.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use tokio::sync::Notify;
+
+use crate::container::cgroup::CgroupManager;
+use crate::container::create::{self, CreateRequest};
+use crate::container::{spec, Container};
+use crate::error::AgentError;
+use crate::reaper::Reaper;
+
+/// How the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of the guest VM.
+    Pid1,
+    /// A process on a host, for tests.
+    Dev,
+}
+
+/// Guest-wide settings from CreateSandbox.
+struct SandboxSetup {
+    shared_fs: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Containers {
+    running: HashMap<String, Arc<Container>>,
+    /// Ids whose CreateContainer is under way.
+    creating: HashSet<String>,
+}
+
+/// Everything the RPCs act on.
+pub struct Sandbox {
+    mode: Mode,
+    reaper: Arc<Reaper>,
+    cgroup_root: PathBuf,
+    cgroups: Mutex<Option<Arc<CgroupManager>>>,
+    containers: Mutex<Containers>,
+    setup: tokio::sync::Mutex<Option<SandboxSetup>>,
+    /// Notified when the agent should stop serving (dev mode).
+    pub stopped: Notify,
+}
+
+impl Sandbox {
+    pub fn new(mode: Mode, reaper: Arc<Reaper>, cgroup_root: PathBuf) -> Self {
+        Self {
+            mode,
+            reaper,
+            cgroup_root,
+            cgroups: Mutex::new(None),
+            containers: Mutex::new(Containers::default()),
+            setup: tokio::sync::Mutex::new(None),
+            stopped: Notify::new(),
+        }
+    }
+
+    /// CreateSandbox: hostname and the shared filesystem.
+    pub async fn create_sandbox(
+        &self,
+        hostname: &str,
+        shared_fs: Option<(String, PathBuf)>,
+    ) -> Result<(), AgentError> {
+        let mut setup = self.setup.lock().await;
+        if setup.is_some() {
+            return Err(AgentError::SandboxExists);
+        }
+        if !hostname.is_empty() && self.mode == Mode::Pid1 {
+            nix::unistd::sethostname(hostname)
+                .map_err(|e| AgentError::os(format!("sethostname {hostname:?}"), e))?;
+        }
+        let mut mounted = None;
+        if let Some((tag, mount_point)) = shared_fs {
+            if tag.is_empty() || !mount_point.is_absolute() {
+                return Err(AgentError::InvalidArgument {
+                    field: "shared_fs",
+                    reason: format!("tag {tag:?} and absolute mount_point {mount_point:?} needed"),
+                });
+            }
+            let what = format!("mount virtiofs {tag:?} on {}", mount_point.display());
+            std::fs::create_dir_all(&mount_point).map_err(|e| {
+                AgentError::os(
+                    what.clone(),
+                    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                )
+            })?;
+            mount(
+                Some(tag.as_str()),
+                &mount_point,
+                Some("virtiofs"),
+                MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .map_err(|e| AgentError::os(what, e))?;
+            tracing::info!(tag, mount_point = %mount_point.display(), "shared filesystem mounted");
+            mounted = Some(mount_point);
+        }
+        *setup = Some(SandboxSetup { shared_fs: mounted });
+        Ok(())
+    }
+
+    fn cgroup_manager(&self) -> Result<Arc<CgroupManager>, AgentError> {
+        let mut slot = self.cgroups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(manager) = slot.as_ref() {
+            return Ok(Arc::clone(manager));
+        }
+        let strict = self.mode == Mode::Pid1;
+        let manager =
+            CgroupManager::new(&self.cgroup_root, strict).map_err(|source| AgentError::Cgroup {
+                id: String::new(),
+                source,
+            })?;
+        let manager = Arc::new(manager);
+        *slot = Some(Arc::clone(&manager));
+        Ok(manager)
+    }
+
+    /// CreateContainer. Runs in its own task so a dropped request cannot leave half a
+    /// container behind.
+    pub async fn create_container(
+        self: &Arc<Self>,
+        container_id: String,
+        spec_json: &str,
+        rootfs_path: &str,
+        rootfs_readonly: bool,
+    ) -> Result<(), AgentError> {
+        spec::check_container_id(&container_id)?;
+        let spec = spec::parse(spec_json)?;
+        let (rootfs, readonly_root) = spec::rootfs(rootfs_path, rootfs_readonly, &spec)?;
+        if !rootfs.is_dir() {
+            return Err(AgentError::RootfsMissing(rootfs.display().to_string()));
+        }
+        {
+            let mut containers = self.lock_containers();
+            if containers.running.contains_key(&container_id)
+                || !containers.creating.insert(container_id.clone())
+            {
+                return Err(AgentError::ContainerExists(container_id));
+            }
+        }
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let id = container_id.clone();
+            let result = match this.cgroup_manager() {
+                Ok(cgroups) => {
+                    let req = CreateRequest {
+                        container_id,
+                        spec,
+                        rootfs,
+                        readonly_root,
+                    };
+                    create::create(&this.reaper, &cgroups, req).await
+                }
+                Err(err) => Err(err),
+            };
+            let mut containers = this.lock_containers();
+            containers.creating.remove(&id);
+            let container = result?;
+            tracing::info!(container = %id, pid = container.pid.as_raw(), "container created");
+            containers.running.insert(id, Arc::new(container));
+            Ok(())
+        });
+        task.await.unwrap_or_else(|join| {
+            Err(AgentError::os(
+                format!("create task: {join}"),
+                nix::errno::Errno::EIO,
+            ))
+        })
+    }
+
+    /// The container named `id`.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        self.lock_containers()
+            .running
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NoSuchContainer(id.to_string()))
+    }
+
+    /// The container of a process; only the init process (empty exec id) exists so far.
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Container>, AgentError> {
+        let container = self.container(id)?;
+        if !exec_id.is_empty() {
+            return Err(AgentError::NoSuchProcess {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            });
+        }
+        Ok(container)
+    }
+
+    /// RemoveContainer.
+    pub async fn remove_container(&self, id: &str, grace: Duration) -> Result<(), AgentError> {
+        let container = self.container(id)?;
+        container.destroy(grace).await?;
+        let mut containers = self.lock_containers();
+        if let Some(current) = containers.running.get(id) {
+            if Arc::ptr_eq(current, &container) {
+                containers.running.remove(id);
+            }
+        }
+        tracing::info!(container = %id, "container removed");
+        Ok(())
+    }
+
+    /// Kills and removes every container.
+    pub async fn remove_all(&self) {
+        let all: Vec<Arc<Container>> = self
+            .lock_containers()
+            .running
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for container in all {
+            if let Err(err) = container.destroy(Duration::ZERO).await {
+                tracing::warn!(container = %container.id, %err, "removal at shutdown");
+            }
+        }
+    }
+
+    /// Shutdown: every container is killed, filesystems synced and the shared one
+    /// unmounted. The power-off (or, in dev mode, the exit) follows after the reply.
+    pub async fn shutdown(&self) {
+        self.remove_all().await;
+        nix::unistd::sync();
+        if let Some(setup) = self.setup.lock().await.as_ref() {
+            if let Some(mount_point) = &setup.shared_fs {
+                if let Err(err) = umount2(mount_point, MntFlags::empty()) {
+                    tracing::warn!(%err, "unmount shared filesystem; detaching it");
+                    let _ = umount2(mount_point, MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        tracing::info!("shutting down");
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn lock_containers(&self) -> std::sync::MutexGuard<'_, Containers> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
