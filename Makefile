@@ -1,0 +1,78 @@
+# runv: build, install, demo and test.
+#   make run    installs every dependency, builds and installs runv, runs a container in a microVM
+#   make test   the whole test suite (lint, unit tests, end-to-end tests on real QEMU)
+
+PREFIX      ?= /usr/local
+BINDIR      := $(PREFIX)/bin
+SHAREDIR    := $(PREFIX)/share/runv
+CARGO       ?= cargo
+MUSL_TARGET := x86_64-unknown-linux-musl
+OUT         := target/runv
+AGENT       := target/$(MUSL_TARGET)/release/runv-agent
+# Two VMs at a time fit the 2-core machines runv is tested on.
+E2E_THREADS ?= 2
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all install-deps build agent kernel initramfs rootfs install run demo test lint unit e2e aarch64-check bench clean
+
+all: build
+
+install-deps:
+	scripts/install-deps.sh
+
+build:
+	$(CARGO) build --release -p runv-runtime -p runv-vmm
+
+agent:
+	$(CARGO) build --release -p runv-agent --target $(MUSL_TARGET)
+
+kernel:
+	guest-kernel-config/build.sh
+
+initramfs: agent
+	scripts/build-initramfs.sh $(AGENT) $(OUT)/initrd.img
+
+rootfs:
+	scripts/build-rootfs.sh $(OUT)/rootfs/busybox
+
+install: build kernel initramfs rootfs
+	install -D -m 0755 target/release/runv $(BINDIR)/runv
+	install -D -m 0755 target/release/runv-vmm $(BINDIR)/runv-vmm
+	kdir=$$(guest-kernel-config/build.sh --print-path) && \
+	  install -D -m 0644 $$kdir/vmlinux $(SHAREDIR)/guest/vmlinux && \
+	  install -D -m 0644 $$kdir/kernel-release $(SHAREDIR)/guest/kernel-release
+	install -D -m 0644 $(OUT)/initrd.img $(SHAREDIR)/guest/initrd.img
+	rm -rf $(SHAREDIR)/rootfs/busybox.new && mkdir -p $(SHAREDIR)/rootfs && \
+	  cp -a $(OUT)/rootfs/busybox $(SHAREDIR)/rootfs/busybox.new && \
+	  rm -rf $(SHAREDIR)/rootfs/busybox && mv $(SHAREDIR)/rootfs/busybox.new $(SHAREDIR)/rootfs/busybox
+	$(BINDIR)/runv check
+
+demo:
+	@echo "host kernel:  $$(uname -r)"
+	@echo "guest kernel: $$($(BINDIR)/runv run --rm -- uname -r)"
+
+run: install-deps install demo
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
+
+unit:
+	$(CARGO) test --release --workspace --exclude runv-tests
+
+aarch64-check:
+	rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+	$(CARGO) check --release -p runv-vmm --target aarch64-unknown-linux-gnu
+
+e2e:
+	$(CARGO) test --release -p runv-tests -- --test-threads=$(E2E_THREADS)
+
+test: install-deps install lint unit aarch64-check e2e
+
+# Start-up phases of `runv run --rm -- true` (needs `make install`).
+bench:
+	$(CARGO) run --release -p runv-benches --bin startup -- $(or $(RUNS),5)
+
+clean:
+	$(CARGO) clean
