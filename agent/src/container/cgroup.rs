@@ -30,6 +30,13 @@ pub enum CgroupError {
     Invalid(String),
 }
 
+/// Writes an existing cgroup file (never creates one: cgroupfs answers EACCES to that).
+fn write_file(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all(value.as_bytes())
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     move |source| CgroupError::Io {
         path: path.to_path_buf(),
@@ -53,7 +60,7 @@ impl CgroupManager {
         let available = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
         let control = parent.join("cgroup.subtree_control");
         for name in available.split_whitespace() {
-            if let Err(err) = fs::write(&control, format!("+{name}")) {
+            if let Err(err) = write_file(&control, &format!("+{name}")) {
                 tracing::warn!(controller = name, %err, "cannot enable controller for containers");
             }
         }
@@ -103,7 +110,7 @@ impl Cgroup {
 
     fn write_limit(&self, file: &'static str, value: &str) -> Result<(), CgroupError> {
         let path = self.path.join(file);
-        match fs::write(&path, value) {
+        match write_file(&path, value) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 if self.strict {
@@ -123,7 +130,7 @@ impl Cgroup {
     /// Moves a process into the cgroup.
     pub fn add_process(&self, pid: Pid) -> Result<(), CgroupError> {
         let path = self.path.join("cgroup.procs");
-        fs::write(&path, pid.as_raw().to_string()).map_err(io_error(&path))
+        write_file(&path, &pid.as_raw().to_string()).map_err(io_error(&path))
     }
 
     /// The processes in the cgroup.
@@ -142,7 +149,7 @@ impl Cgroup {
     pub fn signal_all(&self, signal: Signal) -> Result<(), CgroupError> {
         if signal == Signal::SIGKILL {
             let kill_file = self.path.join("cgroup.kill");
-            if fs::write(&kill_file, "1").is_ok() {
+            if write_file(&kill_file, "1").is_ok() {
                 return Ok(());
             }
         }

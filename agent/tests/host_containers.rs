@@ -1,0 +1,640 @@
+//! Runs real containers with the real `runv-agent --listen unix://...` on this host (as
+//! root) and drives it with the generated ttrpc client.
+//!
+//! Each test starts its own agent with its own cgroup parent and a marker in every
+//! container's environment, and checks at the end that no container process and no
+//! cgroup directory is left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runv_agent_protocol::agent::{
+    CheckRequest, ContainerRequest, CreateContainerRequest, Empty, ProcessRequest,
+    ReadStreamRequest, RemoveContainerRequest, ResizeTerminalRequest, Rootfs, SignalProcessRequest,
+    WriteStdinRequest,
+};
+use runv_agent_protocol::agent_ttrpc::AgentClient;
+use serde_json::{json, Value};
+use ttrpc::Code;
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "id", "sleep", "pwd", "hostname", "tty", "stty", "env", "true", "false",
+    "ls", "head", "wc", "kill", "ps", "mount", "touch",
+];
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(0)
+}
+
+fn cgroup2_root() -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup");
+    if unified.join("cgroup.controllers").exists() {
+        unified.to_path_buf()
+    } else {
+        unified.join("unified")
+    }
+}
+
+/// One agent under test, with its directory, rootfs and cgroup parent. Dropping it stops
+/// the agent and removes what the test made.
+struct TestAgent {
+    child: Option<Child>,
+    dir: PathBuf,
+    rootfs: PathBuf,
+    socket: String,
+    cgroup_parent: PathBuf,
+    mark: String,
+}
+
+impl TestAgent {
+    async fn start(name: &str) -> (Self, AgentClient) {
+        let tag = format!("runv-agent-test-{}-{name}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        let _ = std::fs::remove_dir_all(&dir);
+        let rootfs = dir.join("rootfs");
+        build_rootfs(&rootfs);
+        let socket_path = dir.join("agent.sock");
+        let cgroup_parent = cgroup2_root().join(&tag);
+        let child = Command::new(env!("CARGO_BIN_EXE_runv-agent"))
+            .arg("--listen")
+            .arg(format!("unix://{}", socket_path.display()))
+            .arg("--cgroup-root")
+            .arg(&cgroup_parent)
+            .arg("--log")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("agent.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::inherit()),
+            )
+            .spawn()
+            .expect("start runv-agent");
+        let agent = Self {
+            child: Some(child),
+            dir,
+            rootfs,
+            socket: format!("unix://{}", socket_path.display()),
+            cgroup_parent,
+            mark: tag,
+        };
+        let client = agent.connect().await;
+        (agent, client)
+    }
+
+    async fn connect(&self) -> AgentClient {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ttrpc::r#async::Client::connect(&self.socket).await {
+                Ok(client) => return AgentClient::new(client),
+                Err(err) if Instant::now() > deadline => panic!("connect {}: {err}", self.socket),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// A spec running `args` in the test rootfs.
+    fn spec(&self, args: &[&str]) -> Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/bin:/usr/bin", format!("RUNV_TEST_MARK={}", self.mark)],
+                "cwd": "/",
+                "noNewPrivileges": true
+            },
+            "root": {"path": self.rootfs, "readonly": false},
+            "hostname": "runv-test",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "nodev", "mode=1777"]}
+            ],
+            "linux": {
+                "resources": {"pids": {"limit": 64}, "memory": {"limit": 268435456}},
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+                "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+            }
+        })
+    }
+
+    /// Asserts that nothing of any container is left: no process with this test's marker
+    /// and no cgroup below the agent's parent.
+    fn assert_clean(&self) {
+        let leftovers = marked_processes(&self.mark);
+        assert!(
+            leftovers.is_empty(),
+            "container processes left: {leftovers:?}"
+        );
+        let runv = self.cgroup_parent.join("runv");
+        let dirs: Vec<_> = std::fs::read_dir(&runv)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(dirs.is_empty(), "cgroups left: {dirs:?}");
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM makes the dev-mode agent remove its containers before it exits.
+            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: kill() with a pid we spawned and a valid signal number.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir(self.cgroup_parent.join("runv"));
+        let _ = std::fs::remove_dir(&self.cgroup_parent);
+        if std::env::var_os("RUNV_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn build_rootfs(rootfs: &Path) {
+    for dir in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "etc",
+        "root",
+        "home/user",
+        "work",
+    ] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy /bin/busybox");
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(rootfs.join("bin/not-executable"), "#!/bin/sh\n").unwrap();
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+}
+
+fn marked_processes(mark: &str) -> Vec<String> {
+    let needle = format!("RUNV_TEST_MARK={mark}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!("{name}: {}", String::from_utf8_lossy(&cmdline)));
+        }
+    }
+    found
+}
+
+fn code(err: &ttrpc::Error) -> Code {
+    match err {
+        ttrpc::Error::RpcStatus(status) => status.code(),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+fn message(err: &ttrpc::Error) -> String {
+    match err {
+        ttrpc::Error::RpcStatus(status) => status.message().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn create(
+    client: &AgentClient,
+    agent: &TestAgent,
+    id: &str,
+    spec: &Value,
+) -> ttrpc::Result<Empty> {
+    let req = CreateContainerRequest {
+        container_id: id.to_string(),
+        oci_spec_json: spec.to_string(),
+        rootfs: Some(Rootfs {
+            path: agent.rootfs.display().to_string(),
+            readonly: false,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    client.create_container(ctx(), &req).await
+}
+
+async fn start(client: &AgentClient, id: &str) -> ttrpc::Result<u32> {
+    let req = ContainerRequest {
+        container_id: id.to_string(),
+        ..Default::default()
+    };
+    client.start_container(ctx(), &req).await.map(|r| r.pid)
+}
+
+fn process(id: &str) -> ProcessRequest {
+    ProcessRequest {
+        container_id: id.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn wait(client: &AgentClient, id: &str) -> (i32, i32) {
+    let resp = client.wait_process(ctx(), &process(id)).await.unwrap();
+    (resp.exit_status, resp.signal)
+}
+
+async fn read_all(client: &AgentClient, id: &str, stderr: bool) -> Vec<u8> {
+    let req = ReadStreamRequest {
+        container_id: id.to_string(),
+        max_len: 64 * 1024,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let resp = if stderr {
+            client.read_stderr(ctx(), &req).await
+        } else {
+            client.read_stdout(ctx(), &req).await
+        }
+        .unwrap();
+        if resp.data.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&resp.data);
+    }
+}
+
+async fn remove(client: &AgentClient, id: &str, timeout_ms: u32) -> ttrpc::Result<Empty> {
+    let req = RemoveContainerRequest {
+        container_id: id.to_string(),
+        timeout_ms,
+        ..Default::default()
+    };
+    client.remove_container(ctx(), &req).await
+}
+
+/// Creates, starts and waits for a container; returns (exit status, stdout, stderr).
+async fn run(
+    client: &AgentClient,
+    agent: &TestAgent,
+    id: &str,
+    spec: &Value,
+) -> (i32, String, String) {
+    create(client, agent, id, spec).await.expect("create");
+    start(client, id).await.expect("start");
+    let (out, err, (status, _)) = tokio::join!(
+        read_all(client, id, false),
+        read_all(client, id, true),
+        wait(client, id)
+    );
+    remove(client, id, 0).await.expect("remove");
+    (
+        status,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_exit_status_and_separate_streams() {
+    let (agent, client) = TestAgent::start("basic").await;
+    let check = client.check(ctx(), &CheckRequest::new()).await.unwrap();
+    assert_eq!(check.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(!check.kernel_release.is_empty());
+    assert!(check.uptime_seconds > 0.0);
+
+    let spec = agent.spec(&["echo", "hi"]);
+    assert_eq!(
+        run(&client, &agent, "echo", &spec).await,
+        (0, "hi\n".into(), String::new())
+    );
+
+    let spec = agent.spec(&["sh", "-c", "exit 7"]);
+    assert_eq!(run(&client, &agent, "exit7", &spec).await.0, 7);
+
+    let spec = agent.spec(&["sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(
+        run(&client, &agent, "streams", &spec).await,
+        (0, "out\n".into(), "err\n".into())
+    );
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_signal_rules() {
+    let (agent, client) = TestAgent::start("kill").await;
+    let spec = agent.spec(&["sleep", "100"]);
+    create(&client, &agent, "sleeper", &spec).await.unwrap();
+    let pid = start(&client, "sleeper").await.unwrap();
+    assert!(pid > 1);
+    let err = start(&client, "sleeper").await.unwrap_err();
+    assert_eq!(code(&err), Code::FAILED_PRECONDITION, "{}", message(&err));
+
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { wait(&client, "sleeper").await })
+    };
+    let signal = |sig: u32| SignalProcessRequest {
+        container_id: "sleeper".into(),
+        signal: sig,
+        ..Default::default()
+    };
+    client.signal_process(ctx(), &signal(9)).await.unwrap();
+    assert_eq!(waiter.await.unwrap(), (137, 9));
+    // A second waiter after the exit gets the same status.
+    assert_eq!(wait(&client, "sleeper").await, (137, 9));
+    let err = client.signal_process(ctx(), &signal(15)).await.unwrap_err();
+    assert_eq!(code(&err), Code::FAILED_PRECONDITION);
+    let err = client
+        .signal_process(ctx(), &signal(999))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+    remove(&client, "sleeper", 0).await.unwrap();
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_round_trip_of_one_mib() {
+    let (agent, client) = TestAgent::start("stdin").await;
+    let spec = agent.spec(&["cat"]);
+    create(&client, &agent, "cat", &spec).await.unwrap();
+    start(&client, "cat").await.unwrap();
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+        .collect();
+    let writer = {
+        let client = client.clone();
+        let data = data.clone();
+        tokio::spawn(async move {
+            for chunk in data.chunks(100_000) {
+                let req = WriteStdinRequest {
+                    container_id: "cat".into(),
+                    data: chunk.to_vec(),
+                    ..Default::default()
+                };
+                let resp = client.write_stdin(ctx(), &req).await.unwrap();
+                assert_eq!(resp.written as usize, chunk.len());
+            }
+            client.close_stdin(ctx(), &process("cat")).await.unwrap();
+        })
+    };
+    let out = read_all(&client, "cat", false).await;
+    writer.await.unwrap();
+    assert_eq!(wait(&client, "cat").await, (0, 0));
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "stdin came back altered");
+    remove(&client, "cat", 0).await.unwrap();
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_settings_take_effect() {
+    let (agent, client) = TestAgent::start("settings").await;
+    let mut spec = agent.spec(&["sh", "-c", "id -u; id -g; id -G; pwd; hostname; echo $$"]);
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [1000, 20]});
+    spec["process"]["cwd"] = json!("/home/user");
+    let (status, out, err) = run(&client, &agent, "settings", &spec).await;
+    assert_eq!(status, 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["1000", "1000", "1000 20", "/home/user", "runv-test", "1"]
+    );
+
+    let mut spec = agent.spec(&["env"]);
+    spec["process"]["env"] = json!([
+        "PATH=/bin",
+        "FOO=bar baz",
+        format!("RUNV_TEST_MARK={}", agent.mark)
+    ]);
+    let (status, out, _) = run(&client, &agent, "env", &spec).await;
+    assert_eq!(status, 0);
+    let mut vars: Vec<&str> = out.lines().collect();
+    vars.sort_unstable();
+    let mark = format!("RUNV_TEST_MARK={}", agent.mark);
+    assert_eq!(vars, ["FOO=bar baz", "PATH=/bin", mark.as_str()]);
+
+    // The root is read-only when the request asks for it; /tmp (a spec mount) stays writable.
+    let spec = agent.spec(&[
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null && echo rw || echo ro; touch /tmp/y && echo tmp-ok",
+    ]);
+    let req = CreateContainerRequest {
+        container_id: "ro".into(),
+        oci_spec_json: spec.to_string(),
+        rootfs: Some(Rootfs {
+            path: agent.rootfs.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    client.create_container(ctx(), &req).await.unwrap();
+    start(&client, "ro").await.unwrap();
+    let out = read_all(&client, "ro", false).await;
+    assert_eq!(wait(&client, "ro").await.0, 0);
+    assert_eq!(String::from_utf8_lossy(&out), "ro\ntmp-ok\n");
+    remove(&client, "ro", 0).await.unwrap();
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_container() {
+    let (agent, client) = TestAgent::start("tty").await;
+    let mut spec = agent.spec(&["sh", "-c", "tty; stty size; read line; echo got:$line"]);
+    spec["process"]["terminal"] = json!(true);
+    spec["process"]["consoleSize"] = json!({"height": 33, "width": 101});
+    create(&client, &agent, "tty", &spec).await.unwrap();
+    start(&client, "tty").await.unwrap();
+    let resize = ResizeTerminalRequest {
+        container_id: "tty".into(),
+        rows: 40,
+        cols: 120,
+        ..Default::default()
+    };
+    client.resize_terminal(ctx(), &resize).await.unwrap();
+    let write = WriteStdinRequest {
+        container_id: "tty".into(),
+        data: b"hello\n".to_vec(),
+        ..Default::default()
+    };
+    client.write_stdin(ctx(), &write).await.unwrap();
+    let (out, err) = tokio::join!(
+        read_all(&client, "tty", false),
+        read_all(&client, "tty", true)
+    );
+    assert_eq!(wait(&client, "tty").await.0, 0);
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    assert!(err.is_empty());
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{out:?}");
+    // The size is read either before or after the resize arrived.
+    assert!(
+        lines.contains(&"33 101") || lines.contains(&"40 120"),
+        "{out:?}"
+    );
+    assert!(lines.contains(&"got:hello"), "{out:?}");
+    remove(&client, "tty", 0).await.unwrap();
+
+    // CloseStdin on a terminal sends EOF: cat ends.
+    let mut spec = agent.spec(&["cat"]);
+    spec["process"]["terminal"] = json!(true);
+    create(&client, &agent, "tty-cat", &spec).await.unwrap();
+    start(&client, "tty-cat").await.unwrap();
+    client
+        .close_stdin(ctx(), &process("tty-cat"))
+        .await
+        .unwrap();
+    let _ = read_all(&client, "tty-cat", false).await;
+    assert_eq!(wait(&client, "tty-cat").await.0, 0);
+    remove(&client, "tty-cat", 0).await.unwrap();
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_errors_have_codes() {
+    let (agent, client) = TestAgent::start("errors").await;
+    let spec = agent.spec(&["no-such-command"]);
+    let err = create(&client, &agent, "missing", &spec).await.unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND, "{}", message(&err));
+    assert!(
+        message(&err).contains("executable file not found in $PATH: \"no-such-command\""),
+        "{}",
+        message(&err)
+    );
+
+    let spec = agent.spec(&["not-executable"]);
+    let err = create(&client, &agent, "noexec", &spec).await.unwrap_err();
+    assert_eq!(code(&err), Code::PERMISSION_DENIED, "{}", message(&err));
+
+    let mut spec = agent.spec(&["true"]);
+    spec["process"]["cwd"] = json!("/no/such/dir");
+    let err = create(&client, &agent, "cwd", &spec).await.unwrap_err();
+    assert!(message(&err).contains("/no/such/dir"), "{}", message(&err));
+
+    let bad = CreateContainerRequest {
+        container_id: "bad".into(),
+        oci_spec_json: "{not json".into(),
+        ..Default::default()
+    };
+    let err = client.create_container(ctx(), &bad).await.unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+
+    let mut spec = agent.spec(&["true"]);
+    spec.as_object_mut().unwrap().remove("process");
+    let err = create(&client, &agent, "noprocess", &spec)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+    assert!(message(&err).contains("process"), "{}", message(&err));
+
+    let mut spec = agent.spec(&["true"]);
+    spec["process"]["args"] = json!([]);
+    let err = create(&client, &agent, "noargs", &spec).await.unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+    assert!(message(&err).contains("process.args"), "{}", message(&err));
+
+    let mut req = CreateContainerRequest {
+        container_id: "norootfs".into(),
+        oci_spec_json: agent.spec(&["true"]).to_string(),
+        ..Default::default()
+    };
+    req.rootfs = Some(Rootfs {
+        path: "/no/such/rootfs".into(),
+        ..Default::default()
+    })
+    .into();
+    let err = client.create_container(ctx(), &req).await.unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+    assert!(message(&err).contains("/no/such/rootfs"));
+
+    let spec = agent.spec(&["true"]);
+    create(&client, &agent, "dup", &spec).await.unwrap();
+    let err = create(&client, &agent, "dup", &spec).await.unwrap_err();
+    assert_eq!(code(&err), Code::ALREADY_EXISTS);
+    // Removing a created, never started container.
+    remove(&client, "dup", 0).await.unwrap();
+
+    let err = start(&client, "nobody").await.unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+    let err = remove(&client, "nobody", 0).await.unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_running_container_then_shutdown() {
+    let (mut agent, client) = TestAgent::start("remove").await;
+    let spec = agent.spec(&["sh", "-c", "sleep 100 & sleep 100"]);
+    create(&client, &agent, "running", &spec).await.unwrap();
+    start(&client, "running").await.unwrap();
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { wait(&client, "running").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let begun = Instant::now();
+    remove(&client, "running", 200).await.unwrap();
+    assert!(begun.elapsed() < Duration::from_secs(5));
+    // The shell is PID 1 of its namespace and ignores SIGTERM: SIGKILL ended it.
+    assert_eq!(waiter.await.unwrap(), (137, 9));
+    let err = client
+        .wait_process(ctx(), &process("running"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+    agent.assert_clean();
+
+    // Shutdown kills what is left and ends the dev-mode agent with status 0.
+    create(&client, &agent, "left", &agent.spec(&["sleep", "100"]))
+        .await
+        .unwrap();
+    start(&client, "left").await.unwrap();
+    client.shutdown(ctx(), &Empty::new()).await.unwrap();
+    let mut child = agent.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not exit after Shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    agent.assert_clean();
+}
