@@ -1,1 +1,67 @@
-fn main() {}
+//! runv-vmm: runs one microVM. See vmm/README.md for flags, exit statuses and the API.
+
+use anyhow::Context;
+use runv_vmm::config::VmmConfig;
+use runv_vmm::vmm::{start_instant, Vmm};
+use runv_vmm::vstate::vcpu::ExitReason;
+use runv_vmm::{EXIT_FORCED_SHUTDOWN, EXIT_GUEST_CRASH, EXIT_GUEST_SHUTDOWN, EXIT_VMM_ERROR};
+
+const USAGE: &str = "\
+usage: runv-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
+                [--serial stdio|none|unix:PATH|PATH] [--vsock-uds PATH] [--disk PATH[,ro]]...
+                [--fs-socket PATH --fs-tag TAG] [--net-tap NAME [--net-mac MAC]]
+                [--api-socket PATH] [--no-seccomp]
+       runv-vmm --config FILE.json [--no-seccomp]
+
+exit status: 0 guest shut down or rebooted, 1 monitor error, 2 guest crashed
+             (panic, triple fault, KVM internal error), 3 forced stop after shutdown timeout";
+
+fn run() -> anyhow::Result<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(EXIT_GUEST_SHUTDOWN);
+    }
+    if args.iter().any(|a| a == "--version") {
+        println!("runv-vmm {}", env!("CARGO_PKG_VERSION"));
+        return Ok(EXIT_GUEST_SHUTDOWN);
+    }
+    let config = VmmConfig::from_args(args).context("Bad arguments (see --help)")?;
+    let vmm = Vmm::try_from(config).context("Cannot build the VM")?;
+    eprintln!(
+        "runv-vmm: VM built in {} us, kernel command line: {}",
+        start_instant().elapsed().as_micros(),
+        vmm.cmdline()
+    );
+    let reason = vmm.run().context("Cannot run the VM")?;
+    Ok(match reason {
+        ExitReason::GuestShutdown(why) => {
+            eprintln!("runv-vmm: guest shut down ({why})");
+            EXIT_GUEST_SHUTDOWN
+        }
+        ExitReason::GuestCrash(why) => {
+            eprintln!("runv-vmm: guest crashed: {why}");
+            EXIT_GUEST_CRASH
+        }
+        ExitReason::Forced => {
+            eprintln!("runv-vmm: guest did not shut down in time; stopped");
+            EXIT_FORCED_SHUTDOWN
+        }
+        ExitReason::VmmError(why) => {
+            eprintln!("runv-vmm: error: {why}");
+            EXIT_VMM_ERROR
+        }
+    })
+}
+
+fn main() {
+    start_instant();
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("runv-vmm: error: {e:#}");
+            EXIT_VMM_ERROR
+        }
+    };
+    std::process::exit(code);
+}

@@ -149,6 +149,11 @@ pub trait VirtioDevice: Send {
     }
     /// Handles backend readiness on [`Self::backend_fd`].
     fn process_backend(&mut self) {}
+    /// Whether the event loop should poll the queue eventfds. A vhost-user device hands
+    /// them to its backend, which must be their only reader.
+    fn polls_queue_events(&self) -> bool {
+        true
+    }
     /// Device reset by the driver; returns false if the device cannot be reset.
     fn reset(&mut self) -> bool {
         false

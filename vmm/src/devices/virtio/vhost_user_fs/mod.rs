@@ -1,1 +1,5 @@
-//! vhost-user-fs frontend (placeholder while the frontend is written).
+//! virtio-fs through a vhost-user backend (virtiofsd).
+
+pub mod device;
+
+pub use device::VhostUserFs;
