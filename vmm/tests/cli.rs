@@ -1,0 +1,346 @@
+//! End-to-end tests of the runv-vmm binary: argument errors, and whole VM runs with tiny
+//! PVH "kernels" (ELF files with a Xen PVH note) assembled here, which print the kernel
+//! command line they find through `hvm_start_info`, mark the boot timer and reset.
+//! VM runs need /dev/kvm and say on stderr when they skip.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runv-vmm");
+const LOAD_ADDR: u64 = 0x10_0000;
+
+fn skip(why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
+fn kvm() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// An ELF64 executable loading `code` at 1 MiB, with a PVH entry note pointing at it.
+fn pvh_elf(code: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    let phoff = 64u64;
+    let note_off = phoff + 2 * 56;
+    let code_off = 0x200u64;
+    // ELF header
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    e.extend_from_slice(&[0; 8]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86_64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    e.extend_from_slice(&phoff.to_le_bytes());
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    e.extend_from_slice(&64u16.to_le_bytes());
+    e.extend_from_slice(&56u16.to_le_bytes());
+    e.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
+    e.extend_from_slice(&64u16.to_le_bytes());
+    e.extend_from_slice(&0u16.to_le_bytes());
+    e.extend_from_slice(&0u16.to_le_bytes());
+    let phdr = |e: &mut Vec<u8>, ty: u32, off: u64, addr: u64, size: u64| {
+        e.extend_from_slice(&ty.to_le_bytes());
+        e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+        e.extend_from_slice(&off.to_le_bytes());
+        e.extend_from_slice(&addr.to_le_bytes());
+        e.extend_from_slice(&addr.to_le_bytes());
+        e.extend_from_slice(&size.to_le_bytes());
+        e.extend_from_slice(&size.to_le_bytes());
+        e.extend_from_slice(&4u64.to_le_bytes());
+    };
+    phdr(&mut e, 1, code_off, LOAD_ADDR, code.len() as u64); // PT_LOAD
+    phdr(&mut e, 4, note_off, 0, 20); // PT_NOTE
+                                      // Note: namesz 4, descsz 4, type 18 (XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", entry.
+    e.extend_from_slice(&4u32.to_le_bytes());
+    e.extend_from_slice(&4u32.to_le_bytes());
+    e.extend_from_slice(&18u32.to_le_bytes());
+    e.extend_from_slice(b"Xen\0");
+    e.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+    e.resize(code_off as usize, 0);
+    e.extend_from_slice(code);
+    e
+}
+
+/// 32-bit code: print the command line from hvm_start_info (ebx) to COM1, newline,
+/// boot-timer mark 123 on port 0x440, then `tail`.
+fn print_cmdline_then(tail: &[u8]) -> Vec<u8> {
+    let mut c = vec![
+        0x8b, 0x73, 0x18, // mov esi, [ebx+24]   cmdline_paddr
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x8a, 0x06, // loop: mov al, [esi]
+        0x84, 0xc0, // test al, al
+        0x74, 0x04, // jz done
+        0xee, // out dx, al
+        0x46, // inc esi
+        0xeb, 0xf6, // jmp loop
+        0xb0, 0x0a, 0xee, // done: mov al, '\n'; out dx, al
+        0x66, 0xba, 0x40, 0x04, 0xb0, 0x7b, 0xee, // mov dx, 0x440; mov al, 123; out dx, al
+    ];
+    c.extend_from_slice(tail);
+    c
+}
+
+const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
+fn write_kernel(dir: &Path, code: &[u8]) -> PathBuf {
+    let p = dir.join("kernel.elf");
+    std::fs::write(&p, pvh_elf(code)).unwrap();
+    p
+}
+
+fn run_to_end(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn missing_kernel_is_a_clear_error() {
+    let out = run_to_end(
+        Command::new(BIN).args(["--kernel", "/nonexistent/vmlinux"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Kernel image /nonexistent/vmlinux does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let out = run_to_end(
+        Command::new(BIN).args(["--kernel", "/bin/sh", "--vcpus", "99"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vCPU count 99"));
+    let out = run_to_end(
+        Command::new(BIN).args(["--kernel", "/bin/sh", "--memory-mib", "4"]),
+        Duration::from_secs(10),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Memory size 4 MiB"));
+    let out = run_to_end(
+        Command::new(BIN).args(["--kernel", "/bin/sh", "--disk", "/nonexistent.img"]),
+        Duration::from_secs(10),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Disk image /nonexistent.img does not exist")
+    );
+    let out = run_to_end(
+        Command::new(BIN).args(["--frobnicate"]),
+        Duration::from_secs(10),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown argument \"--frobnicate\""));
+}
+
+#[test]
+fn kernel_that_is_not_elf_or_bzimage_is_rejected() {
+    if !kvm() {
+        return skip(
+            "kernel_that_is_not_elf_or_bzimage_is_rejected: needs /dev/kvm to get that far",
+        );
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let k = dir.as_path().join("junk");
+    std::fs::write(&k, b"this is not a kernel at all").unwrap();
+    let out = run_to_end(
+        Command::new(BIN).arg("--kernel").arg(&k),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither an ELF vmlinux nor a bzImage"));
+}
+
+#[test]
+fn pvh_payload_sees_cmdline_marks_boot_timer_and_resets() {
+    if !kvm() {
+        return skip("pvh_payload_sees_cmdline_marks_boot_timer_and_resets: no /dev/kvm");
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), &print_cmdline_then(RESET));
+    let log = dir.as_path().join("serial.log");
+    let disk = dir.as_path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let vsock = dir.as_path().join("vsock.sock");
+    let out = run_to_end(
+        Command::new(BIN)
+            .arg("--kernel")
+            .arg(&kernel)
+            .args([
+                "--cmdline",
+                "hello=world -- init-arg",
+                "--vcpus",
+                "2",
+                "--memory-mib",
+                "64",
+            ])
+            .arg("--serial")
+            .arg(&log)
+            .arg("--disk")
+            .arg(format!("{},ro", disk.display()))
+            .arg("--vsock-uds")
+            .arg(&vsock),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let serial = std::fs::read_to_string(&log).unwrap();
+    let expected = "console=ttyS0 reboot=k panic=1 pci=off \
+        virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+        hello=world -- init-arg\n";
+    assert_eq!(serial, expected);
+    assert!(err.contains("boot-timer: guest mark 123 at"), "{err}");
+    assert!(err.contains("guest shut down (i8042 reset)"), "{err}");
+}
+
+fn api(sock: &Path, req: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn api_pause_resume_metrics_and_forced_shutdown() {
+    if !kvm() {
+        return skip("api_pause_resume_metrics_and_forced_shutdown: no /dev/kvm");
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), &print_cmdline_then(SPIN));
+    let sock = dir.as_path().join("api.sock");
+    let log = dir.as_path().join("serial.log");
+    let mut child = Command::new(BIN)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Wait for the boot-timer mark so the guest is known to run.
+    let mut marks = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        let st = api(&sock, r#"{"action":"status"}"#);
+        marks = st["boot_marks"].as_array().map_or(0, |a| a.len());
+        if marks > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(marks, 1);
+    assert_eq!(api(&sock, r#"{"action":"pause"}"#)["ok"], true);
+    assert_eq!(api(&sock, r#"{"action":"status"}"#)["state"], "paused");
+    assert_eq!(api(&sock, r#"{"action":"resume"}"#)["ok"], true);
+    assert_eq!(api(&sock, r#"{"action":"status"}"#)["state"], "running");
+    let m = api(&sock, r#"{"action":"metrics"}"#);
+    assert!(m["metrics"]["exits"]["io_out"].as_u64().unwrap() > 0, "{m}");
+    assert!(
+        m["metrics"]["devices"]["serial"]["bytes_from_guest"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(api(&sock, r#"{"action":"bogus"}"#)["ok"], false);
+    // The payload ignores Ctrl-Alt-Del: the VM is stopped after the timeout.
+    assert_eq!(
+        api(&sock, r#"{"action":"shutdown","timeout_ms":300}"#)["ok"],
+        true
+    );
+    let mut status = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sock.exists(), "API socket left behind");
+}
+
+#[test]
+fn triple_fault_is_a_guest_crash() {
+    if !kvm() {
+        return skip("triple_fault_is_a_guest_crash: no /dev/kvm");
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    // int3 with an empty IDT: #BP -> #GP -> #DF -> triple fault.
+    let kernel = write_kernel(dir.as_path(), &[0xcc, 0xeb, 0xfe]);
+    let out = run_to_end(
+        Command::new(BIN)
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--serial", "none"]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("guest crashed"), "{err}");
+}
+
+#[test]
+fn guest_panic_message_turns_reset_into_crash() {
+    if !kvm() {
+        return skip("guest_panic_message_turns_reset_into_crash: no /dev/kvm");
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), &print_cmdline_then(RESET));
+    let out = run_to_end(
+        Command::new(BIN).arg("--kernel").arg(&kernel).args([
+            "--serial",
+            "none",
+            "--cmdline",
+            "Kernel panic - not syncing: test",
+        ]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("kernel panic"), "{err}");
+}
