@@ -148,12 +148,15 @@ fn serial_sink(cfg: &SerialConfig) -> Result<(SerialSink, ConsoleInput), BuildEr
     })
 }
 
+/// A virtio device and its name in metrics.
+type NamedDevice = (String, Box<dyn VirtioDevice>);
+
 /// The virtio devices of `config`, with their metric names, in command-line order.
 fn virtio_devices(
     config: &VmmConfig,
     metrics: &VmmMetrics,
-) -> Result<Vec<(String, Box<dyn VirtioDevice>)>, BuildError> {
-    let mut devs: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+) -> Result<Vec<NamedDevice>, BuildError> {
+    let mut devs: Vec<NamedDevice> = Vec::new();
     if let Some(v) = &config.vsock {
         devs.push((
             "vsock".into(),
@@ -413,6 +416,7 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -441,6 +441,7 @@ impl VmmConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -130,6 +130,7 @@ impl VmmMetrics {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -120,6 +120,7 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

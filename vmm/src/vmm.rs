@@ -357,7 +357,7 @@ impl Vmm {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .iter()
-                        .map(|m| json!({"value": m.value, "us": m.since_start.as_micros() as u64}))
+                        .map(|m| json!({"value": m.value, "us": u64::try_from(m.since_start.as_micros()).unwrap_or(u64::MAX)}))
                         .collect();
                     let state = if vcpus.is_running() { "running" } else { "paused" };
                     json!({"ok": true, "state": state, "boot_marks": marks})

@@ -4,6 +4,7 @@
 //! VM runs need /dev/kvm and say on stderr when they skip.
 
 #![cfg(target_arch = "x86_64")]
+#![allow(clippy::cast_possible_truncation)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -7,6 +7,7 @@
 //! It skips, saying why on stderr, when there is no kernel or no /dev/kvm.
 
 #![cfg(target_arch = "x86_64")]
+#![allow(clippy::cast_possible_truncation)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,7 +38,12 @@ fn find_kernel() -> Option<PathBuf> {
 
 #[test]
 fn guest_kernel_prints_banner_and_exact_cmdline() {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return report("SKIPPED: guest_kernel_prints_banner_and_exact_cmdline: no /dev/kvm");
     }
     let Some(kernel) = find_kernel() else {
@@ -54,7 +60,10 @@ fn guest_kernel_prints_banner_and_exact_cmdline() {
         .arg("--kernel")
         .arg(&kernel)
         .args(["--memory-mib", "256", "--vcpus", "1"])
-        .args(["--cmdline", "earlyprintk=serial,ttyS0,115200 loglevel=8 runv.test=1"])
+        .args([
+            "--cmdline",
+            "earlyprintk=serial,ttyS0,115200 loglevel=8 runv.test=1",
+        ])
         .arg("--serial")
         .arg(&log)
         .arg("--vsock-uds")
@@ -79,7 +88,10 @@ fn guest_kernel_prints_banner_and_exact_cmdline() {
     let serial = std::fs::read_to_string(&log).unwrap_or_default();
     let cmdline = stderr
         .lines()
-        .find_map(|l| l.split_once("kernel command line: ").map(|(_, c)| c.to_string()))
+        .find_map(|l| {
+            l.split_once("kernel command line: ")
+                .map(|(_, c)| c.to_string())
+        })
         .unwrap_or_else(|| panic!("runv-vmm did not report its command line: {stderr}"));
     let tail: Vec<&str> = serial.lines().rev().take(5).collect();
     report(&format!(
@@ -90,11 +102,17 @@ fn guest_kernel_prints_banner_and_exact_cmdline() {
         stderr.trim().replace('\n', " | "),
         tail
     ));
-    assert!(serial.contains("Linux version"), "no kernel banner in: {serial}");
+    assert!(
+        serial.contains("Linux version"),
+        "no kernel banner in: {serial}"
+    );
     assert!(
         serial.contains(&format!("Command line: {cmdline}")),
         "command line {cmdline:?} not in: {serial}"
     );
     // A guest that stops early here must do so as a reported guest failure, not a VMM error.
-    assert!(killed || matches!(out.status.code(), Some(0) | Some(2)), "{stderr}");
+    assert!(
+        killed || matches!(out.status.code(), Some(0) | Some(2)),
+        "{stderr}"
+    );
 }

@@ -5,6 +5,7 @@
 //! if kvm-pvm cannot run them, the test reports what failed.
 
 #![cfg(target_arch = "x86_64")]
+#![allow(clippy::cast_possible_truncation)]
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;

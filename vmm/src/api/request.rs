@@ -31,6 +31,7 @@ pub fn parse_request(line: &str) -> Result<ApiRequest, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -175,6 +175,7 @@ impl Drop for ApiServer {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};

@@ -85,9 +85,8 @@ impl MmioManager {
         vm.register_irqfd(&irq_evt, gsi_for(irq))?;
         let interrupt = Arc::new(VirtioInterrupt::new(irq_evt, Arc::clone(&metrics)));
         let transport = MmioTransport::new(device, mem.clone(), interrupt, metrics)?;
-        for (i, evt) in transport.queue_evts().iter().enumerate() {
-            // Queue indexes are below the device's queue count (at most a handful).
-            vm.register_mmio_ioevent(evt, base + reg::QUEUE_NOTIFY, i as u32)?;
+        for (i, evt) in (0u32..).zip(transport.queue_evts().iter()) {
+            vm.register_mmio_ioevent(evt, base + reg::QUEUE_NOTIFY, i)?;
         }
         let transport = Arc::new(Mutex::new(transport));
         bus.insert(transport.clone(), base, MMIO_DEVICE_SIZE)?;

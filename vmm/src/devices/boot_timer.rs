@@ -55,6 +55,7 @@ impl BusDevice for BootTimer {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

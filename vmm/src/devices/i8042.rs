@@ -176,6 +176,7 @@ impl BusDevice for I8042 {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

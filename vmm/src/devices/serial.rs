@@ -177,6 +177,7 @@ impl BusDevice for SerialDevice {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::io::Read;

@@ -47,7 +47,7 @@ impl KvmContext {
     pub fn new() -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(KvmError::Open)?;
         let version = kvm.get_api_version();
-        if version != kvm_bindings::KVM_API_VERSION as i32 {
+        if i64::from(version) != i64::from(kvm_bindings::KVM_API_VERSION) {
             return Err(KvmError::ApiVersion(version));
         }
         for cap in REQUIRED_CAPS {

@@ -77,6 +77,7 @@ pub fn mem_size(mem: &GuestMemoryMmap) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestMemoryRegion};

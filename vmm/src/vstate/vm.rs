@@ -91,7 +91,7 @@ impl Vm {
             .set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
             .map_err(VmError::IdentityMap)?;
         self.fd
-            .set_tss_address(layout::KVM_TSS_START as usize)
+            .set_tss_address(usize::try_from(layout::KVM_TSS_START).unwrap_or(usize::MAX))
             .map_err(VmError::TssAddress)?;
         self.fd.create_irq_chip().map_err(VmError::IrqChip)?;
         let pit_config = kvm_bindings::kvm_pit_config {

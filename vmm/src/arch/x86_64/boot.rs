@@ -53,6 +53,9 @@ pub enum BootError {
     /// Writing boot information failed.
     #[error("Cannot write boot information to guest memory")]
     WriteBootInfo,
+    /// A value the 32-bit boot protocol fields cannot hold.
+    #[error("Boot protocol value {0:#x} does not fit in 32 bits")]
+    Above4G(u64),
     /// Too many memory map entries.
     #[error("Too many memory map entries")]
     TooManyMemmapEntries,
@@ -222,7 +225,8 @@ pub fn configure_pvh(
         version: 1,
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: layout::PVH_MEMMAP_START,
-        memmap_entries: memmap.len() as u32,
+        memmap_entries: u32::try_from(memmap.len())
+            .map_err(|_| BootError::TooManyMemmapEntries)?,
         ..Default::default()
     };
     let mut params = BootParams::new::<hvm_start_info>(
@@ -248,6 +252,11 @@ pub fn configure_pvh(
         .map_err(|_| BootError::WriteBootInfo)
 }
 
+/// A boot_params field must fit in 32 bits.
+fn low32(v: u64) -> Result<u32, BootError> {
+    u32::try_from(v).map_err(|_| BootError::Above4G(v))
+}
+
 /// Writes the Linux zero page with the e820 map for a 64-bit boot protocol entry.
 pub fn configure_linux64(
     mem: &GuestMemoryMmap,
@@ -262,12 +271,12 @@ pub fn configure_linux64(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
+    params.hdr.cmd_line_ptr = low32(layout::CMDLINE_START)?;
+    params.hdr.cmdline_size = low32(cmdline_len as u64)?;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
     if let Some(initrd) = initrd {
-        params.hdr.ramdisk_image = initrd.addr.raw_value() as u32;
-        params.hdr.ramdisk_size = initrd.size as u32;
+        params.hdr.ramdisk_image = low32(initrd.addr.raw_value())?;
+        params.hdr.ramdisk_size = low32(initrd.size)?;
     }
     let ranges = ram_ranges(mem);
     if ranges.len() > params.e820_table.len() {
@@ -280,12 +289,14 @@ pub fn configure_linux64(
             r#type: E820_RAM,
         };
     }
-    params.e820_entries = ranges.len() as u8;
+    params.e820_entries =
+        u8::try_from(ranges.len()).map_err(|_| BootError::TooManyMemmapEntries)?;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|_| BootError::WriteBootInfo)
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::vstate::memory::create_guest_memory;

@@ -101,6 +101,7 @@ pub fn cpuid_for_vcpu(supported: &CpuId, cpu_id: u8, cpu_count: u8) -> CpuId {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

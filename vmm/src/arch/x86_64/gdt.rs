@@ -21,7 +21,7 @@ fn get_base(entry: u64) -> u64 {
 fn get_limit(entry: u64) -> u32 {
     let limit = (((entry) & 0x000F_0000_0000_0000) >> 32) | ((entry) & 0x0000_0000_0000_FFFF);
     // The limit is 20 bits wide; with 4 KiB granularity it is scaled to bytes.
-    let limit = limit as u32;
+    let limit = u32::try_from(limit).unwrap_or(0xf_ffff);
     if get_g(entry) == 1 {
         (limit << 12) | 0xfff
     } else {
@@ -57,6 +57,7 @@ pub fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

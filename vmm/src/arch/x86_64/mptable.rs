@@ -22,6 +22,9 @@ const MP_NMI: u8 = 1;
 const MP_EXTINT: u8 = 3;
 const IRQ_FLAGS_DEFAULT: u16 = 0;
 const MPC_HEADER_LEN: usize = 44;
+const IOAPIC_ADDR: u32 = 0xfec0_0000;
+const APIC_ADDR: u32 = 0xfee0_0000;
+const IRQ_MAX: u8 = 23;
 
 /// Errors while writing the MP table.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +61,9 @@ fn build_table(num_cpus: u8) -> Vec<u8> {
     entries.extend_from_slice(b"ISA   ");
     count += 1;
     entries.extend_from_slice(&[2, ioapic_id, APIC_VERSION, 1]);
-    entries.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
+    entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     count += 1;
-    for irq in 0..=(layout::IRQ_MAX as u8) {
+    for irq in 0..=IRQ_MAX {
         entries.extend_from_slice(&[3, MP_INT]);
         entries.extend_from_slice(&IRQ_FLAGS_DEFAULT.to_le_bytes());
         entries.extend_from_slice(&[BUS_ISA, irq, ioapic_id, irq]);
@@ -75,7 +78,8 @@ fn build_table(num_cpus: u8) -> Vec<u8> {
     entries.extend_from_slice(&[BUS_ISA, 0, 0xff, 1]);
     count += 2;
 
-    let length = (MPC_HEADER_LEN + entries.len()) as u16;
+    // At most 32 CPUs: the table is about 1 KiB.
+    let length = u16::try_from(MPC_HEADER_LEN + entries.len()).unwrap_or(u16::MAX);
     let mut table = Vec::with_capacity(usize::from(length));
     table.extend_from_slice(b"PCMP");
     table.extend_from_slice(&length.to_le_bytes());
@@ -86,7 +90,7 @@ fn build_table(num_cpus: u8) -> Vec<u8> {
     table.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     table.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     table.extend_from_slice(&count.to_le_bytes());
-    table.extend_from_slice(&(layout::APIC_START as u32).to_le_bytes());
+    table.extend_from_slice(&APIC_ADDR.to_le_bytes());
     table.extend_from_slice(&0u32.to_le_bytes());
     table.extend_from_slice(&entries);
     table[7] = checksum(&table);
@@ -103,7 +107,9 @@ pub fn setup_mptable<M: GuestMemory>(mem: &M, num_cpus: u8) -> Result<(), Mptabl
     let table = build_table(num_cpus);
     let mut fp = Vec::with_capacity(16);
     fp.extend_from_slice(b"_MP_");
-    fp.extend_from_slice(&(table_addr.raw_value() as u32).to_le_bytes());
+    let table_addr32 =
+        u32::try_from(table_addr.raw_value()).map_err(|_| MptableError::NotEnoughMemory)?;
+    fp.extend_from_slice(&table_addr32.to_le_bytes());
     fp.push(1); // length in 16-byte units
     fp.push(4); // spec revision 1.4
     fp.push(0); // checksum
@@ -120,6 +126,7 @@ pub fn setup_mptable<M: GuestMemory>(mem: &M, num_cpus: u8) -> Result<(), Mptabl
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::vstate::memory::create_guest_memory;
@@ -142,6 +149,13 @@ mod tests {
         assert_eq!(table.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         let count = u16::from_le_bytes([header[34], header[35]]);
         assert_eq!(count, 4 + 1 + 1 + 24 + 2);
+    }
+
+    #[test]
+    fn constants_match_layout() {
+        assert_eq!(u64::from(IOAPIC_ADDR), layout::IOAPIC_START);
+        assert_eq!(u64::from(APIC_ADDR), layout::APIC_START);
+        assert_eq!(u32::from(IRQ_MAX), layout::IRQ_MAX);
     }
 
     #[test]

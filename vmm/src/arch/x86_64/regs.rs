@@ -44,6 +44,8 @@ pub enum RegsError {
     GuestMemory,
 }
 
+/// Four 8-byte GDT entries.
+const GDT_LIMIT: u16 = 4 * 8 - 1;
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
 const X86_CR0_PG: u64 = 0x8000_0000;
@@ -118,7 +120,7 @@ fn configure_segments<M: GuestMemory>(
     let tss_seg = kvm_segment_from_gdt(gdt[3], 3);
 
     sregs.gdt.base = layout::BOOT_GDT_START;
-    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+    sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = layout::BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code_seg;
@@ -236,6 +238,7 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::vstate::memory::create_guest_memory;

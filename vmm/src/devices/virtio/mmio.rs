@@ -162,8 +162,8 @@ impl MmioTransport {
     fn device_features_word(&self) -> u32 {
         let features = self.device.features() | VIRTIO_F_VERSION_1;
         match self.device_features_select {
-            0 => features as u32,
-            1 => (features >> 32) as u32,
+            0 => lo32(features),
+            1 => lo32(features >> 32),
             _ => 0,
         }
     }
@@ -322,9 +322,14 @@ impl MmioTransport {
     }
 }
 
+/// The low 32 bits of `v`.
+fn lo32(v: u64) -> u32 {
+    u32::try_from(v & 0xffff_ffff).unwrap_or(0)
+}
+
 /// A fresh queue with the configuration the driver wrote into `q`.
 fn copy_queue(q: &Queue) -> Option<Queue> {
-    let split = |addr: u64| (Some(addr as u32), Some((addr >> 32) as u32));
+    let split = |addr: u64| (Some(lo32(addr)), Some(lo32(addr >> 32)));
     let mut n = Queue::new(q.max_size()).ok()?;
     n.set_size(q.size());
     let (lo, hi) = split(q.desc_table());
@@ -367,6 +372,7 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::devices::virtio::{read_config_bytes, ActivateError};

@@ -90,16 +90,21 @@ pub enum RequestError {
     Chain(String),
 }
 
+/// Bytes of the next transfer step.
+fn chunk_len(remaining: u64) -> usize {
+    usize::try_from(remaining).map_or(CHUNK, |r| r.min(CHUNK))
+}
+
 fn transfer_in<D: DiskBackend>(
     disk: &mut D,
     data: &mut Writer<'_>,
     offset: u64,
     len: u64,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut buf = vec![0u8; chunk_len(len)];
     let mut done = 0u64;
     while done < len {
-        let n = CHUNK.min((len - done) as usize);
+        let n = chunk_len(len - done);
         disk.read_at(&mut buf[..n], offset + done)?;
         data.write_all(&buf[..n])?;
         done += n as u64;
@@ -113,10 +118,10 @@ fn transfer_out<D: DiskBackend>(
     offset: u64,
     len: u64,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut buf = vec![0u8; chunk_len(len)];
     let mut done = 0u64;
     while done < len {
-        let n = CHUNK.min((len - done) as usize);
+        let n = chunk_len(len - done);
         data.read_exact(&mut buf[..n])?;
         disk.write_at(&buf[..n], offset + done)?;
         done += n as u64;
@@ -240,6 +245,7 @@ pub fn process_queue<D: DiskBackend>(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};

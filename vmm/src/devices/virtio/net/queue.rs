@@ -47,12 +47,13 @@ pub fn process_tx<S: FrameSink>(
                 let len = reader.available_bytes();
                 buf.clear();
                 let mut reader = reader;
-                if len < VNET_HDR_LEN || reader.read_to_end(buf).is_err() {
-                    metrics.errors.inc();
-                } else if sink.send(buf).is_err() {
-                    metrics.errors.inc();
-                } else {
+                let sent = len >= VNET_HDR_LEN
+                    && reader.read_to_end(buf).is_ok()
+                    && sink.send(buf).is_ok();
+                if sent {
                     metrics.bytes_from_guest.add((len - VNET_HDR_LEN) as u64);
+                } else {
+                    metrics.errors.inc();
                 }
             }
             _ => metrics.errors.inc(),
@@ -116,6 +117,7 @@ pub fn deliver_rx(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};

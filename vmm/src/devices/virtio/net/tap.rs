@@ -11,6 +11,9 @@ use super::queue::{FrameSink, VNET_HDR_LEN};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// [`VNET_HDR_LEN`] as the C int TUNSETVNETHDRSZ takes.
+const VNET_HDR_LEN_C: libc::c_int = 12;
+const _: () = assert!(VNET_HDR_LEN_C as usize == VNET_HDR_LEN);
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -66,7 +69,7 @@ impl Tap {
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
             return Err(ioctl_err("TUNSETIFF"));
         }
-        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        let hdr_len: libc::c_int = VNET_HDR_LEN_C;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
             return Err(ioctl_err("TUNSETVNETHDRSZ"));

@@ -563,6 +563,7 @@ impl Drop for VsockMuxer {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use std::io::BufRead;

@@ -104,6 +104,7 @@ impl VsockHeader {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -129,6 +129,7 @@ pub fn process_rx<B: VsockBackend>(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::super::packet::{op, TYPE_STREAM};
     use super::*;
