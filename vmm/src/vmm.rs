@@ -332,14 +332,14 @@ impl Vmm {
         };
         let mut handle = |req: ApiRequest| -> Value {
             match req {
-                ApiRequest::Pause => {
+                ApiRequest::Pause {} => {
                     if vcpus.pause() {
                         json!({"ok": true})
                     } else {
                         json!({"ok": false, "error": "vCPUs did not pause within 1 s"})
                     }
                 }
-                ApiRequest::Resume => {
+                ApiRequest::Resume {} => {
                     vcpus.resume();
                     json!({"ok": true})
                 }
@@ -350,8 +350,8 @@ impl Vmm {
                     self.request_guest_shutdown();
                     json!({"ok": true})
                 }
-                ApiRequest::Metrics => json!({"ok": true, "metrics": self.metrics.to_json()}),
-                ApiRequest::Status => {
+                ApiRequest::Metrics {} => json!({"ok": true, "metrics": self.metrics.to_json()}),
+                ApiRequest::Status {} => {
                     let marks: Vec<Value> = self
                         .boot_marks
                         .lock()

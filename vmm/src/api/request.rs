@@ -10,9 +10,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5000;
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ApiRequest {
     /// Stop all vCPUs.
-    Pause,
+    Pause {},
     /// Restart stopped vCPUs.
-    Resume,
+    Resume {},
     /// Ask the guest to shut down; stop the VM by force after `timeout_ms`.
     Shutdown {
         /// Grace period (default 5000 ms).
@@ -20,9 +20,9 @@ pub enum ApiRequest {
         timeout_ms: Option<u64>,
     },
     /// Counters.
-    Metrics,
+    Metrics {},
     /// Run state and boot-timer marks.
-    Status,
+    Status {},
 }
 
 /// Parses one request line.
@@ -37,7 +37,7 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        assert_eq!(parse_request(r#"{"action":"pause"}"#), Ok(ApiRequest::Pause));
+        assert_eq!(parse_request(r#"{"action":"pause"}"#), Ok(ApiRequest::Pause {}));
         assert_eq!(
             parse_request(r#"{"action":"shutdown","timeout_ms":10}"#),
             Ok(ApiRequest::Shutdown {

@@ -197,7 +197,7 @@ mod tests {
                 json!({"ok": true})
             });
         }
-        assert_eq!(seen, vec![ApiRequest::Pause]);
+        assert_eq!(seen, vec![ApiRequest::Pause {}]);
         let mut r = BufReader::new(client);
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
