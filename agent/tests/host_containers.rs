@@ -420,15 +420,30 @@ async fn stdin_round_trip_of_one_mib() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_settings_take_effect() {
     let (agent, client) = TestAgent::start("settings").await;
-    let mut spec = agent.spec(&["sh", "-c", "id -u; id -g; id -G; pwd; hostname; echo $$"]);
+    let script = "id -u; id -g; id -G; pwd; hostname; echo $$; ulimit -n; \
+                  cat /proc/sys/kernel/shm_rmid_forced; cat /proc/self/oom_score_adj";
+    let mut spec = agent.spec(&["sh", "-c", script]);
     spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [1000, 20]});
     spec["process"]["cwd"] = json!("/home/user");
+    spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+    spec["process"]["oomScoreAdj"] = json!(100);
+    spec["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
     let (status, out, err) = run(&client, &agent, "settings", &spec).await;
     assert_eq!(status, 0, "stderr: {err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
-        ["1000", "1000", "1000 20", "/home/user", "runv-test", "1"]
+        [
+            "1000",
+            "1000",
+            "1000 20",
+            "/home/user",
+            "runv-test",
+            "1",
+            "123",
+            "1",
+            "100"
+        ]
     );
 
     let mut spec = agent.spec(&["env"]);

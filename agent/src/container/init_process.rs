@@ -18,7 +18,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Uid};
 
 use super::sync::{self, FailureKind, FrameBuffer, FromInit, InitConfig, InitFailure, ToInit};
-use super::{devices, lookup, mounts, spec};
+use super::{devices, lookup, mounts, process_attrs, spec};
 
 /// The fd of the sync socket in the init process.
 pub const SYNC_FD: RawFd = 3;
@@ -91,6 +91,9 @@ fn prepare(config: &InitConfig) -> Result<(CString, Vec<CString>, Vec<CString>),
         setup_terminal(spec::console_size(spec))?;
     }
     if let Some(linux) = spec.linux() {
+        if let Some(sysctls) = linux.sysctl() {
+            process_attrs::set_sysctls(sysctls)?;
+        }
         mounts::mask_paths(linux.masked_paths().as_deref().unwrap_or_default())?;
         mounts::readonly_paths(linux.readonly_paths().as_deref().unwrap_or_default())?;
     }
@@ -100,6 +103,10 @@ fn prepare(config: &InitConfig) -> Result<(CString, Vec<CString>, Vec<CString>),
     if let Some(hostname) = spec.hostname() {
         nix::unistd::sethostname(hostname)
             .map_err(|e| InitFailure::os(format!("sethostname {hostname:?}"), e))?;
+    }
+    process_attrs::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    if let Some(score) = process.oom_score_adj() {
+        process_attrs::set_oom_score_adj(score)?;
     }
     if process.no_new_privileges().unwrap_or(false) {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integers only.

@@ -10,6 +10,7 @@ pub mod init_process;
 mod kill;
 mod lookup;
 mod mounts;
+mod process_attrs;
 pub mod spec;
 mod start;
 pub mod stdio;
