@@ -160,7 +160,11 @@ fn virtio_devices(
     if let Some(v) = &config.vsock {
         devs.push((
             "vsock".into(),
-            Box::new(Vsock::new(v.guest_cid, &v.uds_path, metrics.device("vsock"))?),
+            Box::new(Vsock::new(
+                v.guest_cid,
+                &v.uds_path,
+                metrics.device("vsock"),
+            )?),
         ));
     }
     for (i, d) in config.disks.iter().enumerate() {
@@ -189,7 +193,11 @@ fn virtio_devices(
     if let Some(fs) = &config.fs {
         devs.push((
             "fs0".into(),
-            Box::new(VhostUserFs::new(&fs.socket, &fs.tag, metrics.device("fs0"))?),
+            Box::new(VhostUserFs::new(
+                &fs.socket,
+                &fs.tag,
+                metrics.device("fs0"),
+            )?),
         ));
     }
     Ok(devs)
@@ -277,7 +285,11 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
         BootTimer::new(start_instant(), Arc::clone(&boot_marks)),
     )?;
 
-    let mut mgr = MmioManager::new(layout::MMIO_DEVICES_START, layout::IRQ_BASE, layout::IRQ_MAX);
+    let mut mgr = MmioManager::new(
+        layout::MMIO_DEVICES_START,
+        layout::IRQ_BASE,
+        layout::IRQ_MAX,
+    );
     for (name, dev) in virtio_devices(config, &metrics)? {
         mgr.add(&vm, &mut mmio, &mem, &name, dev, metrics.device(&name))?;
     }
@@ -359,11 +371,18 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
         serial_irq,
         SerialOut::new(sink, Arc::clone(&panicked), metrics.device("serial")),
     )));
-    mmio.insert(serial.clone(), arch::layout::SERIAL_ADDR, arch::layout::SERIAL_SIZE)
-        .map_err(MmioManagerError::Bus)?;
+    mmio.insert(
+        serial.clone(),
+        arch::layout::SERIAL_ADDR,
+        arch::layout::SERIAL_SIZE,
+    )
+    .map_err(MmioManagerError::Bus)?;
     let boot_marks = Arc::new(Mutex::new(Vec::new()));
     mmio.insert(
-        Arc::new(Mutex::new(BootTimer::new(start_instant(), Arc::clone(&boot_marks)))),
+        Arc::new(Mutex::new(BootTimer::new(
+            start_instant(),
+            Arc::clone(&boot_marks),
+        ))),
         arch::layout::BOOT_TIMER_ADDR,
         arch::layout::BOOT_TIMER_SIZE,
     )
@@ -382,15 +401,18 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
     if cmdline.contains('\0') {
         return Err(BuildError::Cmdline);
     }
-    arch::fdt::create_fdt(&mem, &arch::fdt::FdtInputs {
-        vcpus: u32::from(n),
-        cmdline: &cmdline,
-        initrd,
-        gic: &gic,
-        virtio: mgr.devices(),
-    })?;
+    let fdt = arch::fdt::create_fdt(
+        &mem,
+        &arch::fdt::FdtInputs {
+            vcpus: u32::from(n),
+            cmdline: &cmdline,
+            initrd,
+            gic: &gic,
+            virtio: mgr.devices(),
+        },
+    )?;
     for vcpu in &vcpus {
-        arch::regs::setup_vcpu(&vm, vcpu, kernel, &mem)?;
+        arch::regs::setup_vcpu(&vm, vcpu, kernel.entry.0, fdt.0).map_err(arch::ArchError::Regs)?;
     }
     let api = match &config.api {
         Some(a) => Some(ApiServer::new(&a.socket)?),
@@ -422,7 +444,11 @@ mod tests {
 
     #[test]
     fn cmdline_order_and_console() {
-        let c = compose_cmdline("reboot=k", &["virtio_mmio.device=4K@0xd0000000:5".into()], "quiet -- arg");
+        let c = compose_cmdline(
+            "reboot=k",
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+            "quiet -- arg",
+        );
         assert_eq!(
             c,
             format!(

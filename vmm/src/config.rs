@@ -360,8 +360,7 @@ impl VmmConfig {
                     let n: u64 = v
                         .parse()
                         .map_err(|_| ConfigError::Usage(format!("--vcpus: not a number: {v}")))?;
-                    machine.vcpus =
-                        u8::try_from(n).map_err(|_| ConfigError::VcpuCount(n))?;
+                    machine.vcpus = u8::try_from(n).map_err(|_| ConfigError::VcpuCount(n))?;
                 }
                 "--memory-mib" => {
                     let v = value("--memory-mib")?;
@@ -452,10 +451,34 @@ mod tests {
     #[test]
     fn cli_full() {
         let c = VmmConfig::from_args(args(&[
-            "--kernel", "/k", "--initrd", "/i", "--cmdline", "quiet", "--vcpus", "2",
-            "--memory-mib", "256", "--serial", "unix:/s", "--vsock-uds", "/v", "--disk",
-            "/d1,ro", "--disk", "/d2", "--fs-socket", "/f", "--fs-tag", "shared",
-            "--net-tap", "tap0", "--net-mac", "02:00:00:00:00:01", "--api-socket", "/a",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "quiet",
+            "--vcpus",
+            "2",
+            "--memory-mib",
+            "256",
+            "--serial",
+            "unix:/s",
+            "--vsock-uds",
+            "/v",
+            "--disk",
+            "/d1,ro",
+            "--disk",
+            "/d2",
+            "--fs-socket",
+            "/f",
+            "--fs-tag",
+            "shared",
+            "--net-tap",
+            "tap0",
+            "--net-mac",
+            "02:00:00:00:00:01",
+            "--api-socket",
+            "/a",
             "--no-seccomp",
         ]))
         .unwrap();
@@ -484,7 +507,10 @@ mod tests {
     fn validation() {
         let mut c = VmmConfig::with_kernel("/nonexistent/vmlinux");
         let e = c.validate().unwrap_err();
-        assert_eq!(e.to_string(), "Kernel image /nonexistent/vmlinux does not exist");
+        assert_eq!(
+            e.to_string(),
+            "Kernel image /nonexistent/vmlinux does not exist"
+        );
         c.kernel.path = "/proc/self/exe".into();
         c.validate().unwrap();
         c.machine.memory_mib = 8;
@@ -494,7 +520,11 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::VcpuCount(33))));
         c.machine.vcpus = 1;
         c.disks.push(BlockConfig::parse("/nonexistent.img"));
-        assert!(c.validate().unwrap_err().to_string().starts_with("Disk image"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("Disk image"));
     }
 
     #[test]
@@ -503,12 +533,16 @@ mod tests {
             "serial":{"type":"file","path":"/log"},"disks":[{"path":"/d","read_only":true}]}"#;
         let c: VmmConfig = serde_json::from_str(json).unwrap();
         assert_eq!(c.machine.memory_mib, 128);
-        assert_eq!(c.serial, SerialConfig::File { path: "/log".into() });
+        assert_eq!(
+            c.serial,
+            SerialConfig::File {
+                path: "/log".into()
+            }
+        );
         assert!(c.seccomp);
         let bad = r#"{"kernel":{"path":"/k"},"machne":{}}"#;
         assert!(serde_json::from_str::<VmmConfig>(bad).is_err());
-        let again: VmmConfig =
-            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        let again: VmmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
     }
 

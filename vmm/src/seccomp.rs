@@ -41,7 +41,7 @@ const ARCH: TargetArch = TargetArch::aarch64;
 
 /// Syscalls every runv-vmm thread makes.
 fn common_syscalls() -> Vec<libc::c_long> {
-    let mut v = vec![
+    let v = vec![
         libc::SYS_read,
         libc::SYS_write,
         libc::SYS_readv,
@@ -91,7 +91,11 @@ fn common_syscalls() -> Vec<libc::c_long> {
         libc::SYS_unlinkat,
     ];
     #[cfg(target_arch = "x86_64")]
-    v.extend_from_slice(&[libc::SYS_epoll_wait, libc::SYS_unlink]);
+    let v = {
+        let mut v = v;
+        v.extend_from_slice(&[libc::SYS_epoll_wait, libc::SYS_unlink]);
+        v
+    };
     v
 }
 

@@ -23,7 +23,9 @@ use crate::devices::serial::{SerialDevice, SocketConsole};
 use crate::metrics::VmmMetrics;
 use crate::seccomp::{self, ThreadKind};
 use crate::vstate::memory::GuestMemoryMmap;
-use crate::vstate::vcpu::{ExitReason, Vcpu, VcpuContext, VcpuControl, VcpuHandles, VmExitNotifier};
+use crate::vstate::vcpu::{
+    ExitReason, Vcpu, VcpuContext, VcpuControl, VcpuHandles, VmExitNotifier,
+};
 use crate::vstate::vm::Vm;
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -126,7 +128,11 @@ impl Vmm {
 
     fn add(epoll: &Epoll, fd: RawFd, token: u64) -> Result<(), RunError> {
         epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
             .map_err(RunError::Epoll)
     }
 
@@ -138,7 +144,11 @@ impl Vmm {
             let t = dev.transport.lock().unwrap_or_else(|e| e.into_inner());
             if t.device().polls_queue_events() {
                 for (q, evt) in t.queue_evts().iter().enumerate() {
-                    Self::add(&epoll, evt.as_raw_fd(), TOKEN_QUEUE_BASE + ((d as u64) << 8) + q as u64)?;
+                    Self::add(
+                        &epoll,
+                        evt.as_raw_fd(),
+                        TOKEN_QUEUE_BASE + ((d as u64) << 8) + q as u64,
+                    )?;
                 }
             }
             if let Some(fd) = t.device().backend_fd() {
@@ -206,7 +216,9 @@ impl Vmm {
                     if now >= d {
                         return ExitReason::Forced;
                     }
-                    i32::try_from((d - now).as_millis()).unwrap_or(i32::MAX).max(1)
+                    i32::try_from((d - now).as_millis())
+                        .unwrap_or(i32::MAX)
+                        .max(1)
                 }
                 None => -1,
             };
@@ -239,7 +251,8 @@ impl Vmm {
             TOKEN_STDIN => {
                 let mut buf = [0u8; 64];
                 // SAFETY: reading into a stack buffer of the given length from fd 0.
-                let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+                let n =
+                    unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
                 if n <= 0 || events.contains(EventSet::HANG_UP) {
                     let _ = lp.epoll.ctl(
                         ControlOperation::Delete,
@@ -298,7 +311,11 @@ impl Vmm {
             return;
         };
         if let Some(old) = lp.console_client.take() {
-            let _ = lp.epoll.ctl(ControlOperation::Delete, old.as_raw_fd(), EpollEvent::default());
+            let _ = lp.epoll.ctl(
+                ControlOperation::Delete,
+                old.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
         if let Ok(reader) = stream.try_clone() {
             let _ = reader.set_nonblocking(true);
@@ -306,7 +323,10 @@ impl Vmm {
                 lp.console_client = Some(reader);
             }
         }
-        console.lock().unwrap_or_else(|e| e.into_inner()).attach(stream);
+        console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .attach(stream);
     }
 
     fn console_client_input(&mut self, lp: &mut Loop) {
@@ -316,7 +336,11 @@ impl Vmm {
         let mut buf = [0u8; 256];
         match client.read(&mut buf) {
             Ok(0) | Err(_) => {
-                let _ = lp.epoll.ctl(ControlOperation::Delete, client.as_raw_fd(), EpollEvent::default());
+                let _ = lp.epoll.ctl(
+                    ControlOperation::Delete,
+                    client.as_raw_fd(),
+                    EpollEvent::default(),
+                );
                 lp.console_client = None;
                 if let ConsoleInput::Socket(_, console) = &self.console {
                     console.lock().unwrap_or_else(|e| e.into_inner()).detach();
@@ -359,7 +383,11 @@ impl Vmm {
                         .iter()
                         .map(|m| json!({"value": m.value, "us": u64::try_from(m.since_start.as_micros()).unwrap_or(u64::MAX)}))
                         .collect();
-                    let state = if vcpus.is_running() { "running" } else { "paused" };
+                    let state = if vcpus.is_running() {
+                        "running"
+                    } else {
+                        "paused"
+                    };
                     json!({"ok": true, "state": state, "boot_marks": marks})
                 }
             }

@@ -37,7 +37,10 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        assert_eq!(parse_request(r#"{"action":"pause"}"#), Ok(ApiRequest::Pause {}));
+        assert_eq!(
+            parse_request(r#"{"action":"pause"}"#),
+            Ok(ApiRequest::Pause {})
+        );
         assert_eq!(
             parse_request(r#"{"action":"shutdown","timeout_ms":10}"#),
             Ok(ApiRequest::Shutdown {

@@ -72,9 +72,11 @@ impl ApiServer {
 
     fn drop_client(&mut self, token: u64) {
         if let Some(c) = self.clients.remove(&token) {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
     }
 

@@ -32,7 +32,14 @@ pub struct LegacyDevices {
 
 /// Interrupt lines for COM1 and the i8042, already routed to their IOAPIC pins.
 pub fn legacy_irqs(vm: &Vm) -> Result<(IrqTrigger, IrqTrigger), LegacyError> {
-    let new = || IrqTrigger::new().map_err(|e| LegacyError::Vm(VmError::Irqfd(0, kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EINVAL)))));
+    let new = || {
+        IrqTrigger::new().map_err(|e| {
+            LegacyError::Vm(VmError::Irqfd(
+                0,
+                kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EINVAL)),
+            ))
+        })
+    };
     let serial = new()?;
     let i8042 = new()?;
     vm.register_irqfd(&serial.0, layout::COM1_IRQ)?;

@@ -182,7 +182,10 @@ mod tests {
 
     fn dev() -> (I8042, Arc<VmExitNotifier>) {
         let exit = Arc::new(VmExitNotifier::new().unwrap());
-        (I8042::new(IrqTrigger::new().unwrap(), Arc::clone(&exit)), exit)
+        (
+            I8042::new(IrqTrigger::new().unwrap(), Arc::clone(&exit)),
+            exit,
+        )
     }
 
     #[test]

@@ -34,11 +34,11 @@ pub enum MemoryError {
 
 /// Creates a memfd of `size` bytes, sealed against shrinking.
 pub fn create_memfd(name: &str, size: u64) -> Result<File, MemoryError> {
-    let cname = CString::new(name).map_err(|_| {
-        MemoryError::Memfd(std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    })?;
+    let cname = CString::new(name)
+        .map_err(|_| MemoryError::Memfd(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
     // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
     }
@@ -48,7 +48,13 @@ pub fn create_memfd(name: &str, size: u64) -> Result<File, MemoryError> {
         .map_err(|e| MemoryError::Truncate(size, e))?;
     // Sealing is a hardening step only; failure is not fatal.
     // SAFETY: fcntl on a descriptor we own, with integer arguments.
-    let _ = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) };
+    let _ = unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
     Ok(file)
 }
 
@@ -90,7 +96,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(mem_size(&mem), 0x20000);
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x100010)).unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x100010))
+            .unwrap();
         let second = mem.iter().nth(1).unwrap();
         let fo = second.file_offset().unwrap();
         assert_eq!(fo.start(), 0x10000);

@@ -85,7 +85,10 @@ impl VmExitNotifier {
 
     /// The recorded reason.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The eventfd signalled on exit.
@@ -285,12 +288,10 @@ impl Vcpu {
                     m.system_event.inc();
                     match kind {
                         kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN
-                        | kvm_bindings::KVM_SYSTEM_EVENT_RESET => Step::Stop(
-                            ExitReason::GuestShutdown(format!("system event {kind}")),
-                        ),
-                        _ => Step::Stop(ExitReason::GuestCrash(format!(
-                            "system event {kind}"
-                        ))),
+                        | kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                            Step::Stop(ExitReason::GuestShutdown(format!("system event {kind}")))
+                        }
+                        _ => Step::Stop(ExitReason::GuestCrash(format!("system event {kind}"))),
                     }
                 }
                 VcpuExit::Intr => {
@@ -322,14 +323,21 @@ impl Vcpu {
         // member of the exit union; it is plain integers.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         let n = (internal.ndata as usize).min(internal.data.len());
-        let data: Vec<String> = internal.data[..n].iter().map(|d| format!("{d:#x}")).collect();
+        let data: Vec<String> = internal.data[..n]
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
         let what = match internal.suberror {
             1 => "emulation failure",
             2 => "simultaneous exceptions",
             3 => "delivery event",
             _ => "unknown",
         };
-        format!("suberror {} ({what}), data [{}]", internal.suberror, data.join(", "))
+        format!(
+            "suberror {} ({what}), data [{}]",
+            internal.suberror,
+            data.join(", ")
+        )
     }
 
     /// Runs until the VM stops; reports the reason through `ctx.exit`.

@@ -95,9 +95,11 @@ pub enum KernelFormat {
 /// Detects the kernel format from its first bytes.
 pub fn detect_format(file: &mut File) -> Result<KernelFormat, BootError> {
     let mut head = [0u8; 0x210];
-    file.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
     let n = read_up_to(file, &mut head).map_err(BootError::ReadKernel)?;
-    file.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
     if n >= 4 && head[..4] == *b"\x7fELF" {
         return Ok(KernelFormat::Elf);
     }
@@ -161,7 +163,8 @@ pub fn load_initrd(
     kernel_end: u64,
 ) -> Result<InitrdRegion, BootError> {
     let size = file.seek(SeekFrom::End(0)).map_err(BootError::ReadInitrd)?;
-    file.seek(SeekFrom::Start(0)).map_err(BootError::ReadInitrd)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadInitrd)?;
     let top = low_ram_end(mem);
     let addr = top
         .checked_sub(size)
@@ -195,7 +198,10 @@ pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
     let mut ranges = vec![(0, layout::EBDA_START)];
     let low_end = end.min(layout::MMIO_GAP_START);
     if low_end > layout::HIGH_MEMORY_START {
-        ranges.push((layout::HIGH_MEMORY_START, low_end - layout::HIGH_MEMORY_START));
+        ranges.push((
+            layout::HIGH_MEMORY_START,
+            low_end - layout::HIGH_MEMORY_START,
+        ));
     }
     if end > layout::MMIO_GAP_END {
         ranges.push((layout::MMIO_GAP_END, end - layout::MMIO_GAP_END));
@@ -204,10 +210,7 @@ pub fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 }
 
 /// Writes `hvm_start_info`, the module list and the memory map for a PVH entry.
-pub fn configure_pvh(
-    mem: &GuestMemoryMmap,
-    initrd: Option<InitrdRegion>,
-) -> Result<(), BootError> {
+pub fn configure_pvh(mem: &GuestMemoryMmap, initrd: Option<InitrdRegion>) -> Result<(), BootError> {
     let memmap: Vec<hvm_memmap_table_entry> = ram_ranges(mem)
         .into_iter()
         .map(|(addr, size)| hvm_memmap_table_entry {
@@ -225,21 +228,16 @@ pub fn configure_pvh(
         version: 1,
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: layout::PVH_MEMMAP_START,
-        memmap_entries: u32::try_from(memmap.len())
-            .map_err(|_| BootError::TooManyMemmapEntries)?,
+        memmap_entries: u32::try_from(memmap.len()).map_err(|_| BootError::TooManyMemmapEntries)?,
         ..Default::default()
     };
-    let mut params = BootParams::new::<hvm_start_info>(
-        &start_info,
-        GuestAddress(layout::PVH_INFO_START),
-    );
+    let mut params =
+        BootParams::new::<hvm_start_info>(&start_info, GuestAddress(layout::PVH_INFO_START));
     if let Some(initrd) = initrd {
         start_info.nr_modules = 1;
         start_info.modlist_paddr = layout::PVH_MODLIST_START;
-        params = BootParams::new::<hvm_start_info>(
-            &start_info,
-            GuestAddress(layout::PVH_INFO_START),
-        );
+        params =
+            BootParams::new::<hvm_start_info>(&start_info, GuestAddress(layout::PVH_INFO_START));
         let module = hvm_modlist_entry {
             paddr: initrd.addr.raw_value(),
             size: initrd.size,

@@ -136,16 +136,19 @@ mod tests {
         let mem = create_guest_memory(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         setup_mptable(&mem, 4).unwrap();
         let mut fp = [0u8; 16];
-        mem.read_slice(&mut fp, GuestAddress(layout::EBDA_START)).unwrap();
+        mem.read_slice(&mut fp, GuestAddress(layout::EBDA_START))
+            .unwrap();
         assert_eq!(&fp[..4], b"_MP_");
         assert_eq!(fp.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         let table_addr = u64::from(u32::from_le_bytes(fp[4..8].try_into().unwrap()));
         let mut header = [0u8; MPC_HEADER_LEN];
-        mem.read_slice(&mut header, GuestAddress(table_addr)).unwrap();
+        mem.read_slice(&mut header, GuestAddress(table_addr))
+            .unwrap();
         assert_eq!(&header[..4], b"PCMP");
         let len = usize::from(u16::from_le_bytes([header[4], header[5]]));
         let mut table = vec![0u8; len];
-        mem.read_slice(&mut table, GuestAddress(table_addr)).unwrap();
+        mem.read_slice(&mut table, GuestAddress(table_addr))
+            .unwrap();
         assert_eq!(table.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         let count = u16::from_le_bytes([header[34], header[35]]);
         assert_eq!(count, 4 + 1 + 1 + 24 + 2);

@@ -110,7 +110,8 @@ fn configure_segments<M: GuestMemory>(
     ];
     for (i, entry) in gdt.iter().enumerate() {
         let addr = GuestAddress(layout::BOOT_GDT_START + (i as u64) * 8);
-        mem.write_obj(*entry, addr).map_err(|_| RegsError::GuestMemory)?;
+        mem.write_obj(*entry, addr)
+            .map_err(|_| RegsError::GuestMemory)?;
     }
     mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT_START))
         .map_err(|_| RegsError::GuestMemory)?;
@@ -251,7 +252,9 @@ mod tests {
         assert_eq!(sregs.cr3, layout::PML4_START);
         let pml4: u64 = mem.read_obj(GuestAddress(layout::PML4_START)).unwrap();
         assert_eq!(pml4, layout::PDPTE_START | 3);
-        let last: u64 = mem.read_obj(GuestAddress(layout::PDE_START + 511 * 8)).unwrap();
+        let last: u64 = mem
+            .read_obj(GuestAddress(layout::PDE_START + 511 * 8))
+            .unwrap();
         assert_eq!(last, (511 << 21) | 0x83);
         assert_ne!(sregs.efer & EFER_LMA, 0);
     }

@@ -198,7 +198,8 @@ impl MmioTransport {
             self.device.ack_features(self.driver_features);
         }
         self.status = value;
-        let ready_bits = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        let ready_bits =
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
         if !self.activated && value & ready_bits == ready_bits && value & status::FAILED == 0 {
             self.activate();
         }
@@ -422,8 +423,8 @@ mod tests {
     }
 
     fn transport() -> (MmioTransport, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-        let mem = crate::vstate::memory::create_guest_memory(&[(GuestAddress(0), 0x10_0000)])
-            .unwrap();
+        let mem =
+            crate::vstate::memory::create_guest_memory(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let activated = Arc::new(AtomicUsize::new(0));
         let processed = Arc::new(AtomicUsize::new(0));
         let dev = Dummy {

@@ -10,8 +10,8 @@ use virtio_queue::Queue;
 
 use super::request::{process_queue, BlockSettings, DiskBackend, ID_LEN, SECTOR_SIZE};
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
 };
 use crate::metrics::DeviceMetrics;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -91,7 +91,10 @@ impl Block {
             .write(!read_only)
             .open(path)
             .map_err(|e| BlockError::Open(name.clone(), e))?;
-        let size = file.metadata().map_err(|e| BlockError::Size(name, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| BlockError::Size(name, e))?
+            .len();
         let mut id_bytes = [0u8; ID_LEN];
         let n = id.len().min(ID_LEN);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);

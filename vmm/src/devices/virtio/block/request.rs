@@ -371,7 +371,10 @@ mod tests {
         assert_eq!(&id, b"disk");
 
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
-        let chain = [desc(HDR, 16, VRING_DESC_F_NEXT), desc(STATUS, 1, VRING_DESC_F_WRITE)];
+        let chain = [
+            desc(HDR, 16, VRING_DESC_F_NEXT),
+            desc(STATUS, 1, VRING_DESC_F_WRITE),
+        ];
         let (_, status) = run(&m, &chain, &mut disk, false);
         assert_eq!(status, Some(VIRTIO_BLK_S_OK));
 
@@ -392,7 +395,10 @@ mod tests {
         // Header shorter than 16 bytes.
         let (len, _) = run(
             &m,
-            &[desc(HDR, 8, VRING_DESC_F_NEXT), desc(STATUS, 1, VRING_DESC_F_WRITE)],
+            &[
+                desc(HDR, 8, VRING_DESC_F_NEXT),
+                desc(STATUS, 1, VRING_DESC_F_WRITE),
+            ],
             &mut disk,
             false,
         );
@@ -410,7 +416,11 @@ mod tests {
             &m,
             &[
                 desc(HDR, 16, VRING_DESC_F_NEXT),
-                desc(0xffff_0000_0000, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE),
+                desc(
+                    0xffff_0000_0000,
+                    512,
+                    VRING_DESC_F_NEXT | VRING_DESC_F_WRITE,
+                ),
                 desc(STATUS, 1, VRING_DESC_F_WRITE),
             ],
             &mut disk,
@@ -438,7 +448,10 @@ mod tests {
         let vq = MockSplitQueue::new(&m, 16);
         // Two descriptors pointing at each other.
         vq.desc_table()
-            .store(0, RawDescriptor::from(SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1)))
+            .store(
+                0,
+                RawDescriptor::from(SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1)),
+            )
             .unwrap();
         vq.desc_table()
             .store(

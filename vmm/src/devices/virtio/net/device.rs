@@ -10,8 +10,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::queue::{deliver_rx, process_tx, RxOutcome, MAX_FRAME_LEN};
 use super::tap::Tap;
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
 };
 use crate::metrics::DeviceMetrics;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -43,7 +43,9 @@ pub struct Net {
 
 impl std::fmt::Debug for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Net").field("tap", &self.tap.name()).finish()
+        f.debug_struct("Net")
+            .field("tap", &self.tap.name())
+            .finish()
     }
 }
 

@@ -94,7 +94,9 @@ pub fn deliver_rx(
         Ok(mut w) if w.available_bytes() >= frame.len() && frame.len() >= VNET_HDR_LEN => {
             match w.write_all(frame) {
                 Ok(()) => {
-                    metrics.bytes_to_guest.add((frame.len() - VNET_HDR_LEN) as u64);
+                    metrics
+                        .bytes_to_guest
+                        .add((frame.len() - VNET_HDR_LEN) as u64);
                     (frame.len(), RxOutcome::Delivered)
                 }
                 Err(_) => (0, RxOutcome::Dropped),
@@ -140,7 +142,10 @@ mod tests {
         m.write_slice(&[0u8; 12], GuestAddress(0x10_0000)).unwrap();
         m.write_slice(b"payload", GuestAddress(0x20_0000)).unwrap();
         vq.add_desc_chains(
-            &[d(0x10_0000, 12, VRING_DESC_F_NEXT, 1), d(0x20_0000, 7, 0, 0)],
+            &[
+                d(0x10_0000, 12, VRING_DESC_F_NEXT, 1),
+                d(0x20_0000, 7, 0, 0),
+            ],
             0,
         )
         .unwrap();
@@ -188,7 +193,10 @@ mod tests {
         let metrics = DeviceMetrics::default();
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(b"hello");
-        assert_eq!(deliver_rx(&m, &mut q, &frame, &metrics), RxOutcome::NoBuffer);
+        assert_eq!(
+            deliver_rx(&m, &mut q, &frame, &metrics),
+            RxOutcome::NoBuffer
+        );
 
         vq.add_desc_chains(
             &[
@@ -200,7 +208,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(deliver_rx(&m, &mut q, &frame, &metrics), RxOutcome::Dropped);
-        assert_eq!(deliver_rx(&m, &mut q, &frame, &metrics), RxOutcome::Delivered);
+        assert_eq!(
+            deliver_rx(&m, &mut q, &frame, &metrics),
+            RxOutcome::Delivered
+        );
         let mut got = [0u8; 5];
         m.read_slice(&mut got, GuestAddress(0x40_000c)).unwrap();
         assert_eq!(&got, b"hello");

@@ -15,8 +15,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
 };
 use crate::metrics::DeviceMetrics;
 
@@ -124,7 +124,8 @@ impl VhostUserFs {
                 "GET_PROTOCOL_FEATURES",
                 self.frontend.get_protocol_features(),
             )?;
-            let wanted = offered & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
+            let wanted =
+                offered & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
             req(
                 "SET_PROTOCOL_FEATURES",
                 self.frontend.set_protocol_features(wanted),
@@ -168,8 +169,14 @@ impl VhostUserFs {
             };
             req("SET_VRING_ADDR", self.frontend.set_vring_addr(i, &cfg))?;
             req("SET_VRING_BASE", self.frontend.set_vring_base(i, 0))?;
-            req("SET_VRING_CALL", self.frontend.set_vring_call(i, &self.call_evts[i]))?;
-            req("SET_VRING_KICK", self.frontend.set_vring_kick(i, &ctx.queue_evts[i]))?;
+            req(
+                "SET_VRING_CALL",
+                self.frontend.set_vring_call(i, &self.call_evts[i]),
+            )?;
+            req(
+                "SET_VRING_KICK",
+                self.frontend.set_vring_kick(i, &ctx.queue_evts[i]),
+            )?;
             if protocol {
                 req("SET_VRING_ENABLE", self.frontend.set_vring_enable(i, true))?;
             }
@@ -219,7 +226,10 @@ impl VirtioDevice for VhostUserFs {
         let n = self.epoll.wait(0, &mut events).unwrap_or(0);
         let mut fired = false;
         for ev in &events[..n] {
-            if let Some(evt) = usize::try_from(ev.data()).ok().and_then(|i| self.call_evts.get(i)) {
+            if let Some(evt) = usize::try_from(ev.data())
+                .ok()
+                .and_then(|i| self.call_evts.get(i))
+            {
                 fired |= evt.read().is_ok();
             }
         }

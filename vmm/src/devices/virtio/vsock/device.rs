@@ -10,8 +10,8 @@ use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::MAX_PAYLOAD;
 use super::queue::{process_rx, process_tx, VsockBackend};
 use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
-    VirtioInterrupt, VIRTIO_F_VERSION_1,
+    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
 };
 use crate::metrics::DeviceMetrics;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -64,15 +64,37 @@ impl Vsock {
         };
         let mut notify = false;
         if tx {
-            notify |= process_tx(&a.mem, &mut a.tx, &mut self.muxer, &mut self.tx_buf, &self.metrics);
+            notify |= process_tx(
+                &a.mem,
+                &mut a.tx,
+                &mut self.muxer,
+                &mut self.tx_buf,
+                &self.metrics,
+            );
         }
-        notify |= process_rx(&a.mem, &mut a.rx, &mut self.muxer, &mut self.rx_buf, &self.metrics);
+        notify |= process_rx(
+            &a.mem,
+            &mut a.rx,
+            &mut self.muxer,
+            &mut self.rx_buf,
+            &self.metrics,
+        );
         // RX space freed by the guest may unblock TX that waited on pending replies.
         if !self.muxer.tx_blocked() {
-            notify |=
-                process_tx(&a.mem, &mut a.tx, &mut self.muxer, &mut self.tx_buf, &self.metrics);
-            notify |=
-                process_rx(&a.mem, &mut a.rx, &mut self.muxer, &mut self.rx_buf, &self.metrics);
+            notify |= process_tx(
+                &a.mem,
+                &mut a.tx,
+                &mut self.muxer,
+                &mut self.tx_buf,
+                &self.metrics,
+            );
+            notify |= process_rx(
+                &a.mem,
+                &mut a.rx,
+                &mut self.muxer,
+                &mut self.rx_buf,
+                &self.metrics,
+            );
         }
         if notify {
             a.interrupt.signal_used_queue();

@@ -156,7 +156,8 @@ impl VsockMuxer {
         let name = uds_path.display().to_string();
         // A socket file left by a previous run would make bind fail.
         let _ = std::fs::remove_file(uds_path);
-        let listener = UnixListener::bind(uds_path).map_err(|e| MuxerError::Bind(name.clone(), e))?;
+        let listener =
+            UnixListener::bind(uds_path).map_err(|e| MuxerError::Bind(name.clone(), e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| MuxerError::Bind(name, e))?;
@@ -230,9 +231,11 @@ impl VsockMuxer {
 
     fn remove_conn(&mut self, key: ConnKey) {
         if let Some(c) = self.conns.remove(&key) {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
             self.token_keys.remove(&c.token);
         }
     }
@@ -254,7 +257,8 @@ impl VsockMuxer {
             ),
         )?;
         self.token_keys.insert(token, key);
-        self.conns.insert(key, Connection::new(stream, token, state));
+        self.conns
+            .insert(key, Connection::new(stream, token, state));
         Ok(())
     }
 
@@ -329,9 +333,11 @@ impl VsockMuxer {
 
     fn drop_handshake(&mut self, token: u64) -> Option<Handshake> {
         let hs = self.handshakes.remove(&token)?;
-        let _ = self
-            .epoll
-            .ctl(ControlOperation::Delete, hs.stream.as_raw_fd(), EpollEvent::default());
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            hs.stream.as_raw_fd(),
+            EpollEvent::default(),
+        );
         Some(hs)
     }
 
@@ -381,7 +387,8 @@ impl VsockMuxer {
             }
             self.maybe_credit_update(key);
         }
-        if events.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+        if events
+            .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
         {
             if let Some(c) = self.conns.get_mut(&key) {
                 c.readable = true;

@@ -89,13 +89,13 @@ pub fn process_rx<B: VsockBackend>(
         let head = chain.head_index();
         let len = match Writer::new(mem, chain) {
             Ok(mut w) if w.available_bytes() >= HDR_LEN => {
-                let room = (w.available_bytes() - HDR_LEN).min(MAX_PAYLOAD).min(buf.len());
+                let room = (w.available_bytes() - HDR_LEN)
+                    .min(MAX_PAYLOAD)
+                    .min(buf.len());
                 match backend.recv_pkt(buf, room) {
                     Some(hdr) => {
                         let plen = (hdr.len as usize).min(room);
-                        if w.write_all(&hdr.encode()).is_ok()
-                            && w.write_all(&buf[..plen]).is_ok()
-                        {
+                        if w.write_all(&hdr.encode()).is_ok() && w.write_all(&buf[..plen]).is_ok() {
                             metrics.bytes_to_guest.add(plen as u64);
                             HDR_LEN + plen
                         } else {
@@ -188,7 +188,8 @@ mod tests {
     #[test]
     fn tx_header_and_payload_split_across_descriptors() {
         let m = mem();
-        m.write_slice(&rw(4).encode(), GuestAddress(0x10_0000)).unwrap();
+        m.write_slice(&rw(4).encode(), GuestAddress(0x10_0000))
+            .unwrap();
         m.write_slice(b"ping", GuestAddress(0x20_0000)).unwrap();
         let vq = MockSplitQueue::new(&m, 16);
         vq.add_desc_chains(
@@ -211,8 +212,10 @@ mod tests {
     fn tx_malformed_packets_dropped() {
         let m = mem();
         // Header claims more payload than the chain holds, and a huge length.
-        m.write_slice(&rw(100).encode(), GuestAddress(0x10_0000)).unwrap();
-        m.write_slice(&rw(u32::MAX).encode(), GuestAddress(0x11_0000)).unwrap();
+        m.write_slice(&rw(100).encode(), GuestAddress(0x10_0000))
+            .unwrap();
+        m.write_slice(&rw(u32::MAX).encode(), GuestAddress(0x11_0000))
+            .unwrap();
         let vq = MockSplitQueue::new(&m, 16);
         vq.add_desc_chains(
             &[
@@ -245,8 +248,11 @@ mod tests {
         // No buffers: nothing happens, packet stays.
         assert!(!process_rx(&m, &mut q, &mut b, &mut buf, &metrics));
         assert_eq!(b.out.len(), 1);
-        vq.add_desc_chains(&[d(0x30_0000, HDR_LEN as u32 + 4, VRING_DESC_F_WRITE, 0)], 0)
-            .unwrap();
+        vq.add_desc_chains(
+            &[d(0x30_0000, HDR_LEN as u32 + 4, VRING_DESC_F_WRITE, 0)],
+            0,
+        )
+        .unwrap();
         assert!(process_rx(&m, &mut q, &mut b, &mut buf, &metrics));
         let mut raw = [0u8; HDR_LEN];
         m.read_slice(&mut raw, GuestAddress(0x30_0000)).unwrap();
