@@ -338,6 +338,14 @@ async fn echo_exit_status_and_separate_streams() {
         (0, "hi\n".into(), String::new())
     );
 
+    // Output of a process that has exited is read after the wait.
+    let spec = agent.spec(&["echo", "late"]);
+    create(&client, &agent, "late", &spec).await.unwrap();
+    start(&client, "late").await.unwrap();
+    assert_eq!(wait(&client, "late").await, (0, 0));
+    assert_eq!(read_all(&client, "late", false).await, b"late\n");
+    remove(&client, "late", 0).await.unwrap();
+
     let spec = agent.spec(&["sh", "-c", "exit 7"]);
     assert_eq!(run(&client, &agent, "exit7", &spec).await.0, 7);
 
@@ -522,6 +530,16 @@ async fn terminal_container() {
     );
     assert!(lines.contains(&"got:hello"), "{out:?}");
     remove(&client, "tty", 0).await.unwrap();
+
+    // Output written before the process exited is still there when the reads come late.
+    let mut spec = agent.spec(&["echo", "late reader"]);
+    spec["process"]["terminal"] = json!(true);
+    create(&client, &agent, "tty-late", &spec).await.unwrap();
+    start(&client, "tty-late").await.unwrap();
+    assert_eq!(wait(&client, "tty-late").await.0, 0);
+    let out = read_all(&client, "tty-late", false).await;
+    assert_eq!(String::from_utf8_lossy(&out), "late reader\r\n");
+    remove(&client, "tty-late", 0).await.unwrap();
 
     // CloseStdin on a terminal sends EOF: cat ends.
     let mut spec = agent.spec(&["cat"]);

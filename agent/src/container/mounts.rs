@@ -327,9 +327,66 @@ pub fn pivot_root(rootfs: &Path) -> Result<(), InitFailure> {
     nix::unistd::chdir(rootfs).map_err(|e| failure("chdir to rootfs", e))?;
     // With the same directory for both, the old root ends up stacked under the new one
     // and can be detached from "." without needing a directory in the image.
-    nix::unistd::pivot_root(".", ".").map_err(|e| failure("pivot_root", e))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| failure("detach old root", e))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            umount2(".", MntFlags::MNT_DETACH).map_err(|e| failure("detach old root", e))?;
+            nix::unistd::chdir("/").map_err(|e| failure("chdir /", e))
+        }
+        // The guest's root is the initramfs, which cannot be pivoted away from.
+        Err(Errno::EINVAL) => move_root(rootfs),
+        Err(err) => Err(failure("pivot_root", err)),
+    }
+}
+
+/// The fallback for a root that cannot be pivoted: detach what the container has no
+/// business seeing, move the rootfs mount over / and chroot into it.
+fn move_root(rootfs: &Path) -> Result<(), InitFailure> {
+    let rootfs = fs::canonicalize(rootfs).unwrap_or_else(|_| rootfs.to_path_buf());
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").map_err(|e| io_failure("read mountinfo", e))?;
+    for point in unrelated_mounts(&mountinfo, &rootfs) {
+        if let Err(err) = umount2(&point, MntFlags::MNT_DETACH) {
+            return Err(failure(format!("detach {}", point.display()), err));
+        }
+    }
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| failure("move rootfs to /", e))?;
+    nix::unistd::chroot(".").map_err(|e| failure("chroot", e))?;
     nix::unistd::chdir("/").map_err(|e| failure("chdir /", e))
+}
+
+/// Mount points of `mountinfo` that neither lead to `rootfs` nor lie inside it, deepest
+/// first.
+fn unrelated_mounts(mountinfo: &str, rootfs: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|p| !rootfs.starts_with(p) && !p.starts_with(rootfs))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(value) = u8::from_str_radix(digits, 8) {
+                out.push(value);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Hides `linux.maskedPaths`: /dev/null over files, an empty read-only tmpfs over dirs.
@@ -456,6 +513,23 @@ mod tests {
             ]
         );
         assert_eq!(plan[2].typ().as_deref(), Some("bind"));
+    }
+
+    #[test]
+    fn unrelated_mounts_spare_the_rootfs_and_its_parents() {
+        let mountinfo = "\
+1 0 0:2 / / rw - rootfs rootfs rw
+2 1 0:3 / /proc rw - proc proc rw
+3 1 0:4 / /dev rw - devtmpfs dev rw
+4 3 0:5 / /dev/pts rw - devpts devpts rw
+5 1 0:6 / /run/shared rw - virtiofs shared rw
+6 5 0:6 /c1/rootfs /run/shared/c1/rootfs rw - virtiofs shared rw
+7 6 0:7 / /run/shared/c1/rootfs/proc rw - proc proc rw
+8 1 0:8 / /my\\040dir rw - tmpfs tmpfs rw
+";
+        let points = unrelated_mounts(mountinfo, Path::new("/run/shared/c1/rootfs"));
+        let names: Vec<String> = points.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(names, ["/dev/pts", "/proc", "/dev", "/my dir"]);
     }
 
     #[test]
