@@ -12,6 +12,7 @@ pub mod builder;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
+pub mod jailer;
 pub mod metrics;
 pub mod seccomp;
 pub mod vmm;

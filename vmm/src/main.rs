@@ -12,12 +12,17 @@ usage: runv-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem
                 [--fs-socket PATH --fs-tag TAG] [--net-tap NAME [--net-mac MAC]]
                 [--api-socket PATH] [--no-seccomp]
        runv-vmm --config FILE.json [--no-seccomp]
+       runv-vmm jail --id ID --uid UID --gid GID [--chroot-base DIR] [--netns PATH] -- ARGS...
 
 exit status: 0 guest shut down or rebooted, 1 monitor error, 2 guest crashed
              (panic, triple fault, KVM internal error), 3 forced stop after shutdown timeout";
 
 fn run() -> anyhow::Result<i32> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("jail") {
+        let cfg = runv_vmm::jailer::parse_jail_args(&args[1..]).context("Bad jail arguments")?;
+        return runv_vmm::jailer::run_jail(&cfg).context("Cannot start runv-vmm in its jail");
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return Ok(EXIT_GUEST_SHUTDOWN);

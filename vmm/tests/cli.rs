@@ -345,3 +345,49 @@ fn guest_panic_message_turns_reset_into_crash() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("kernel panic"), "{err}");
 }
+
+#[test]
+fn jailed_pvh_payload_runs_unprivileged_in_its_root() {
+    if !kvm() {
+        return skip("jailed_pvh_payload_runs_unprivileged_in_its_root: no /dev/kvm");
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return skip("jailed_pvh_payload_runs_unprivileged_in_its_root: the jailer needs root");
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), &print_cmdline_then(RESET));
+    let base = dir.as_path().join("jails");
+    let out = run_to_end(
+        Command::new(BIN)
+            .args([
+                "jail", "--id", "sb-test", "--uid", "65534", "--gid", "65534",
+            ])
+            .arg("--chroot-base")
+            .arg(&base)
+            .arg("--")
+            .arg("--kernel")
+            .arg(&kernel)
+            .args([
+                "--serial",
+                "/somewhere/else/console.log",
+                "--cmdline",
+                "jailed=1",
+            ]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(1) && err.contains("Jail setup failed") {
+        return skip(&format!(
+            "jailed_pvh_payload_runs_unprivileged_in_its_root: this host does not allow the \
+             jail setup: {}",
+            err.trim()
+        ));
+    }
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let log = base.join("runv-vmm/sb-test/root/console.log");
+    let serial = std::fs::read_to_string(&log).unwrap();
+    assert!(serial.ends_with("jailed=1\n"), "{serial}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&log).unwrap().uid(), 65534);
+}
