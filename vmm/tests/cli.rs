@@ -214,7 +214,7 @@ fn pvh_payload_sees_cmdline_marks_boot_timer_and_resets() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let serial = std::fs::read_to_string(&log).unwrap();
-    let expected = "console=ttyS0 reboot=k panic=1 pci=off \
+    let expected = "console=ttyS0 reboot=k panic=1 \
         virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
         hello=world -- init-arg\n";
     assert_eq!(serial, expected);

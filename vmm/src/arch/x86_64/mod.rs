@@ -27,6 +27,6 @@ pub fn arch_memory_ranges(mem_size: u64) -> Vec<(GuestAddress, u64)> {
 
 /// Kernel command line entries runv-vmm always adds on x86_64 (before the device entries
 /// and the user's command line).
-pub const BASE_CMDLINE: &str = "reboot=k panic=1 pci=off";
+pub const BASE_CMDLINE: &str = "reboot=k panic=1";
 /// Console entry added unless the user's command line names a console.
 pub const DEFAULT_CONSOLE: &str = "console=ttyS0";
