@@ -2,11 +2,13 @@
 
 use tracing::Level;
 
-/// The level asked for by `runv.log=` on a kernel command line, if any.
+/// The level asked for by `runv.log=` on a kernel command line, if any; the last one wins,
+/// as with other kernel parameters.
 pub fn level_from_cmdline(cmdline: &str) -> Option<Level> {
     cmdline
         .split_whitespace()
-        .find_map(|word| word.strip_prefix("runv.log="))
+        .filter_map(|word| word.strip_prefix("runv.log="))
+        .last()
         .and_then(parse_level)
 }
 
@@ -44,6 +46,10 @@ mod tests {
         let cmdline = "console=ttyS0 reboot=t panic=-1 runv.log=debug rdinit=/init\n";
         assert_eq!(level_from_cmdline(cmdline), Some(Level::DEBUG));
         assert_eq!(level_from_cmdline("runv.log=WARN"), Some(Level::WARN));
+        assert_eq!(
+            level_from_cmdline("runv.log=warn quiet runv.log=debug"),
+            Some(Level::DEBUG)
+        );
         assert_eq!(level_from_cmdline("console=ttyS0"), None);
         assert_eq!(level_from_cmdline("runv.log=loud"), None);
     }

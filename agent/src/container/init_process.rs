@@ -20,6 +20,9 @@ use nix::unistd::{Gid, Uid};
 use super::sync::{self, FailureKind, FrameBuffer, FromInit, InitConfig, InitFailure, ToInit};
 use super::{devices, lookup, mounts, process_attrs, spec};
 
+/// Terminal size (rows, cols) when the spec gives no consoleSize.
+const DEFAULT_TERMINAL_SIZE: (u16, u16) = (24, 80);
+
 /// The fd of the sync socket in the init process.
 pub const SYNC_FD: RawFd = 3;
 
@@ -160,10 +163,11 @@ fn setup_terminal(size: Option<(u16, u16)>) -> Result<(), InitFailure> {
         unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
     })
     .map_err(|e| InitFailure::os(format!("open {slave_path}"), e))?;
-    if let Some((rows, cols)) = size {
-        super::stdio::set_window_size(master.as_raw_fd(), rows, cols)
-            .map_err(|e| InitFailure::os("set terminal size", e))?;
-    }
+    // A 0x0 terminal confuses programs; without a consoleSize start at the classic 24x80
+    // until the runtime sends ResizeTerminal.
+    let (rows, cols) = size.unwrap_or(DEFAULT_TERMINAL_SIZE);
+    super::stdio::set_window_size(master.as_raw_fd(), rows, cols)
+        .map_err(|e| InitFailure::os("set terminal size", e))?;
     bind_console(Path::new(&slave_path))?;
     // SAFETY: TIOCSCTTY takes an int argument; the fd is our open slave and we are a
     // session leader without a controlling terminal.
