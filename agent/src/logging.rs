@@ -7,8 +7,8 @@ use tracing::Level;
 pub fn level_from_cmdline(cmdline: &str) -> Option<Level> {
     cmdline
         .split_whitespace()
-        .filter_map(|word| word.strip_prefix("runv.log="))
-        .last()
+        .rev()
+        .find_map(|word| word.strip_prefix("runv.log="))
         .and_then(parse_level)
 }
 
