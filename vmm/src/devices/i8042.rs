@@ -41,13 +41,16 @@ const CB_TRANSLATE: u8 = 0x40;
 const KBD_ACK: u8 = 0xfa;
 const KBD_RESET_OK: u8 = 0xaa;
 
-/// Scan codes (set 2) of Ctrl, Alt, Del pressed then released.
-const CTRL_ALT_DEL: [u8; 12] = [
-    0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14, 0x00,
+/// Scan codes of Ctrl, Alt, Del pressed then released, in set 2 (what a keyboard sends).
+const CTRL_ALT_DEL_SET2: [u8; 11] = [
+    0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
 ];
+/// The same in set 1, what a controller with translation on (Linux's default) delivers.
+const CTRL_ALT_DEL_SET1: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
 
 /// Bytes the output buffer holds at most.
 const BUF_MAX: usize = 16;
+const _: () = assert!(CTRL_ALT_DEL_SET2.len() <= BUF_MAX);
 
 /// The controller.
 #[derive(Debug)]
@@ -89,7 +92,12 @@ impl I8042 {
 
     /// Queues Ctrl-Alt-Del for the guest keyboard driver.
     pub fn send_ctrl_alt_del(&mut self) {
-        for b in CTRL_ALT_DEL.iter().take(CTRL_ALT_DEL.len() - 1) {
+        let codes: &[u8] = if self.control & CB_TRANSLATE != 0 {
+            &CTRL_ALT_DEL_SET1
+        } else {
+            &CTRL_ALT_DEL_SET2
+        };
+        for b in codes {
             self.push(*b);
         }
         self.kick_irq();
@@ -222,8 +230,21 @@ mod tests {
         assert_eq!(d.irq.0.read().unwrap(), 1);
         let mut b = [0u8];
         d.read(OFFSET_DATA, &mut b);
-        assert_eq!(b[0], 0x14);
+        // Translation is on by default: set 1 codes.
+        assert_eq!(b[0], 0x1d);
         assert!(exit.reason().is_none());
+        let mut all = vec![b[0]];
+        for _ in 0..7 {
+            d.read(OFFSET_DATA, &mut b);
+            all.push(b[0]);
+        }
+        assert_eq!(all, CTRL_ALT_DEL_SET1);
+        // Without translation: set 2.
+        d.write(OFFSET_COMMAND, &[CMD_WRITE_CTR]);
+        d.write(OFFSET_DATA, &[CB_KBD_INT]);
+        d.send_ctrl_alt_del();
+        d.read(OFFSET_DATA, &mut b);
+        assert_eq!(b[0], 0x14);
     }
 
     #[test]
