@@ -38,6 +38,7 @@ pub async fn serve(options: ServeOptions) -> i32 {
         Some(server) => server,
         None => return 1,
     };
+    tracing::debug!(address = %options.address, "listening");
     if options.system_setup {
         init::late();
     }

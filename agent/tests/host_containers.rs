@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runv_agent_protocol::agent::{
-    CheckRequest, ContainerRequest, CreateContainerRequest, Empty, ProcessRequest,
-    ReadStreamRequest, RemoveContainerRequest, ResizeTerminalRequest, Rootfs, SignalProcessRequest,
-    WriteStdinRequest,
+    CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, Empty,
+    ProcessRequest, ReadStreamRequest, RemoveContainerRequest, ResizeTerminalRequest, Rootfs,
+    SignalProcessRequest, WriteStdinRequest,
 };
 use runv_agent_protocol::agent_ttrpc::AgentClient;
 use serde_json::{json, Value};
@@ -188,6 +188,12 @@ fn build_rootfs(rootfs: &Path) {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     std::fs::write(rootfs.join("bin/not-executable"), "#!/bin/sh\n").unwrap();
+    std::fs::write(rootfs.join("bin/garbage"), "neither ELF nor script\n").unwrap();
+    std::fs::set_permissions(
+        rootfs.join("bin/garbage"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::write(
         rootfs.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
@@ -331,6 +337,15 @@ async fn echo_exit_status_and_separate_streams() {
     assert_eq!(check.agent_version, env!("CARGO_PKG_VERSION"));
     assert!(!check.kernel_release.is_empty());
     assert!(check.uptime_seconds > 0.0);
+
+    let sandbox = CreateSandboxRequest {
+        sandbox_id: "sb".into(),
+        hostname: "ignored-in-dev-mode".into(),
+        ..Default::default()
+    };
+    client.create_sandbox(ctx(), &sandbox).await.unwrap();
+    let err = client.create_sandbox(ctx(), &sandbox).await.unwrap_err();
+    assert_eq!(code(&err), Code::FAILED_PRECONDITION);
 
     let spec = agent.spec(&["echo", "hi"]);
     assert_eq!(
@@ -612,6 +627,15 @@ async fn create_errors_have_codes() {
     let err = client.create_container(ctx(), &req).await.unwrap_err();
     assert_eq!(code(&err), Code::NOT_FOUND);
     assert!(message(&err).contains("/no/such/rootfs"));
+
+    // Found and executable, but the exec itself fails: StartContainer reports it.
+    let spec = agent.spec(&["garbage"]);
+    create(&client, &agent, "garbage", &spec).await.unwrap();
+    let err = start(&client, "garbage").await.unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT, "{}", message(&err));
+    assert!(message(&err).contains("/bin/garbage"), "{}", message(&err));
+    assert_eq!(wait(&client, "garbage").await, (126, 0));
+    remove(&client, "garbage", 0).await.unwrap();
 
     let spec = agent.spec(&["true"]);
     create(&client, &agent, "dup", &spec).await.unwrap();

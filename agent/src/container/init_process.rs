@@ -34,7 +34,11 @@ pub fn main() -> ! {
             if sync::send_blocking(SYNC_FD, &FromInit::Failed(failure.clone()), None).is_err() {
                 eprintln!("runv container init: {}", failure.message);
             }
-            1
+            // The shell's convention for a command that is missing or cannot run.
+            match failure.kind {
+                FailureKind::NotFound => 127,
+                _ => 126,
+            }
         }
     };
     std::process::exit(code)

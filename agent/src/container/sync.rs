@@ -80,6 +80,7 @@ impl InitFailure {
         let kind = match errno {
             Errno::ENOENT => FailureKind::NotFound,
             Errno::EACCES | Errno::EPERM => FailureKind::PermissionDenied,
+            Errno::ENOEXEC | Errno::E2BIG | Errno::ENAMETOOLONG => FailureKind::InvalidArgument,
             _ => FailureKind::Internal,
         };
         Self::new(kind, format!("{what}: {}", errno.desc()))
