@@ -184,9 +184,13 @@ impl agent_ttrpc::Agent for AgentService {
         let result = async {
             let number =
                 i32::try_from(req.signal).map_err(|_| invalid("signal", "out of range"))?;
+            let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            if number == 0 {
+                // As with kill(2), signal 0 only checks that the process is there.
+                return container.probe();
+            }
             let signal = Signal::try_from(number)
                 .map_err(|_| invalid("signal", format!("{number} is not a signal")))?;
-            let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
             container.signal(signal, req.all)
         }
         .await;

@@ -391,12 +391,18 @@ async fn sigkill_and_signal_rules() {
         signal: sig,
         ..Default::default()
     };
+    client.signal_process(ctx(), &signal(0)).await.unwrap();
     client.signal_process(ctx(), &signal(9)).await.unwrap();
     assert_eq!(waiter.await.unwrap(), (137, 9));
     // A second waiter after the exit gets the same status.
     assert_eq!(wait(&client, "sleeper").await, (137, 9));
-    let err = client.signal_process(ctx(), &signal(15)).await.unwrap_err();
-    assert_eq!(code(&err), Code::FAILED_PRECONDITION);
+    for sig in [0, 15] {
+        let err = client
+            .signal_process(ctx(), &signal(sig))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), Code::FAILED_PRECONDITION);
+    }
     let err = client
         .signal_process(ctx(), &signal(999))
         .await
@@ -693,5 +699,40 @@ async fn remove_running_container_then_shutdown() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_concurrently_without_blocking_each_other() {
+    let (agent, client) = TestAgent::start("concurrent").await;
+    // A reader blocked on a silent container must not hold up anything else.
+    create(&client, &agent, "silent", &agent.spec(&["sleep", "100"]))
+        .await
+        .unwrap();
+    start(&client, "silent").await.unwrap();
+    let blocked = {
+        let client = client.clone();
+        tokio::spawn(async move { read_all(&client, "silent", false).await })
+    };
+
+    let agent = std::sync::Arc::new(agent);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let client = client.clone();
+        let agent = std::sync::Arc::clone(&agent);
+        tasks.push(tokio::spawn(async move {
+            let id = format!("quick{i}");
+            let script = format!("echo {i}; exit {i}");
+            let spec = agent.spec(&["sh", "-c", &script]);
+            run(&client, &agent, &id, &spec).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, out, _) = task.await.unwrap();
+        assert_eq!((status, out), (i32::try_from(i).unwrap(), format!("{i}\n")));
+    }
+    assert!(!blocked.is_finished());
+    remove(&client, "silent", 0).await.unwrap();
+    assert!(blocked.await.unwrap().is_empty());
     agent.assert_clean();
 }

@@ -35,6 +35,14 @@ impl Container {
         }
     }
 
+    /// Signal 0: succeeds while the init process has not exited.
+    pub fn probe(&self) -> Result<(), AgentError> {
+        match self.exit_status() {
+            Some(_) => Err(self.wrong_state("process has exited")),
+            None => Ok(()),
+        }
+    }
+
     /// Stops every process of the container (SIGTERM, then SIGKILL after `grace`), waits
     /// for the init process and removes the cgroup.
     pub async fn destroy(&self, grace: Duration) -> Result<(), AgentError> {
