@@ -401,14 +401,16 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
     if cmdline.contains('\0') {
         return Err(BuildError::Cmdline);
     }
+    let virtio: Vec<(u64, u32)> = mgr.devices().iter().map(|d| (d.base, d.irq)).collect();
     let fdt = arch::fdt::create_fdt(
         &mem,
         &arch::fdt::FdtInputs {
             vcpus: u32::from(n),
             cmdline: &cmdline,
             initrd,
-            gic: &gic,
-            virtio: mgr.devices(),
+            gic_dist: gic.dist,
+            gic_redist: gic.redist,
+            virtio: &virtio,
         },
     )?;
     for vcpu in &vcpus {

@@ -4,9 +4,7 @@
 use vm_fdt::FdtWriter;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::gic::Gic;
 use super::{layout, ArchError, InitrdRegion};
-use crate::device_manager::MmioDeviceInfo;
 use crate::vstate::memory::GuestMemoryMmap;
 
 const GIC_PHANDLE: u32 = 1;
@@ -24,10 +22,12 @@ pub struct FdtInputs<'a> {
     pub cmdline: &'a str,
     /// Initrd, if any.
     pub initrd: Option<InitrdRegion>,
-    /// The GIC.
-    pub gic: &'a Gic,
-    /// virtio-mmio devices.
-    pub virtio: &'a [MmioDeviceInfo],
+    /// GIC distributor (base, size).
+    pub gic_dist: (u64, u64),
+    /// GIC redistributors (base, size).
+    pub gic_redist: (u64, u64),
+    /// virtio-mmio devices: (window base, SPI).
+    pub virtio: &'a [(u64, u32)],
 }
 
 fn err(e: vm_fdt::Error) -> ArchError {
@@ -81,7 +81,7 @@ pub fn build_fdt(mem: &GuestMemoryMmap, inp: &FdtInputs<'_>) -> Result<Vec<u8>, 
     f.end_node(chosen).map_err(err)?;
 
     let intc = f
-        .begin_node(&format!("intc@{:x}", inp.gic.dist.0))
+        .begin_node(&format!("intc@{:x}", inp.gic_dist.0))
         .map_err(err)?;
     f.property_string("compatible", "arm,gic-v3").map_err(err)?;
     f.property_null("interrupt-controller").map_err(err)?;
@@ -89,10 +89,10 @@ pub fn build_fdt(mem: &GuestMemoryMmap, inp: &FdtInputs<'_>) -> Result<Vec<u8>, 
     f.property_array_u64(
         "reg",
         &[
-            inp.gic.dist.0,
-            inp.gic.dist.1,
-            inp.gic.redist.0,
-            inp.gic.redist.1,
+            inp.gic_dist.0,
+            inp.gic_dist.1,
+            inp.gic_redist.0,
+            inp.gic_redist.1,
         ],
     )
     .map_err(err)?;
@@ -132,13 +132,13 @@ pub fn build_fdt(mem: &GuestMemoryMmap, inp: &FdtInputs<'_>) -> Result<Vec<u8>, 
 
     for d in inp.virtio {
         let node = f
-            .begin_node(&format!("virtio_mmio@{:x}", d.base))
+            .begin_node(&format!("virtio_mmio@{:x}", d.0))
             .map_err(err)?;
         f.property_string("compatible", "virtio,mmio")
             .map_err(err)?;
-        f.property_array_u64("reg", &[d.base, crate::arch::MMIO_DEVICE_SIZE])
+        f.property_array_u64("reg", &[d.0, crate::arch::MMIO_DEVICE_SIZE])
             .map_err(err)?;
-        f.property_array_u32("interrupts", &[GIC_SPI, d.irq, IRQ_TYPE_EDGE_RISING])
+        f.property_array_u32("interrupts", &[GIC_SPI, d.1, IRQ_TYPE_EDGE_RISING])
             .map_err(err)?;
         f.property_null("dma-coherent").map_err(err)?;
         f.end_node(node).map_err(err)?;
@@ -155,4 +155,56 @@ pub fn create_fdt(
 ) -> Result<vm_memory::GuestAddress, ArchError> {
     let blob = build_fdt(mem, inp)?;
     super::write_fdt(mem, &blob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::memory::create_guest_memory;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn device_tree_describes_the_machine() {
+        let mem = create_guest_memory(&super::super::arch_memory_ranges(64 << 20)).unwrap();
+        let initrd = InitrdRegion {
+            addr: GuestAddress(layout::DRAM_START + 0x100_0000),
+            size: 0x1000,
+        };
+        let inp = FdtInputs {
+            vcpus: 2,
+            cmdline: "console=ttyS0 panic=1",
+            initrd: Some(initrd),
+            gic_dist: (layout::GIC_DIST_START, layout::GIC_DIST_SIZE),
+            gic_redist: (
+                layout::GIC_REDIST_START,
+                2 * layout::GIC_REDIST_SIZE_PER_CPU,
+            ),
+            virtio: &[(layout::MMIO_DEVICES_START, layout::IRQ_BASE)],
+        };
+        let addr = create_fdt(&mem, &inp).unwrap();
+        assert_eq!(addr, super::super::fdt_address(&mem));
+        let magic: u32 = mem.read_obj(addr).unwrap();
+        assert_eq!(u32::from_be(magic), 0xd00d_feed);
+        let blob = build_fdt(&mem, &inp).unwrap();
+        for s in [
+            &b"console=ttyS0 panic=1"[..],
+            b"virtio,mmio",
+            b"arm,gic-v3",
+            b"arm,psci-0.2",
+            b"ns16550a",
+            b"cpu@1",
+            b"virtio_mmio@a000000",
+            b"linux,initrd-start",
+        ] {
+            assert!(
+                contains(&blob, s),
+                "{:?} missing",
+                String::from_utf8_lossy(s)
+            );
+        }
+    }
 }
