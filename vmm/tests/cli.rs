@@ -391,3 +391,67 @@ fn jailed_pvh_payload_runs_unprivileged_in_its_root() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&log).unwrap().uid(), 65534);
 }
+
+/// A bzImage whose protected-mode part (loaded at 1 MiB, 64-bit entry at +0x200) is `code`.
+fn bzimage(code: &[u8]) -> Vec<u8> {
+    let setup_sects = 4u8;
+    let mut b = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+    b[0x1f1] = setup_sects;
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    b[0x211] = 1; // LOADED_HIGH
+    b[0x214..0x218].copy_from_slice(&(LOAD_ADDR as u32).to_le_bytes()); // code32_start
+    b.extend_from_slice(&[0u8; 0x200]);
+    b.extend_from_slice(code);
+    b
+}
+
+#[test]
+fn bzimage_payload_boots_in_long_mode_with_boot_params_and_initrd() {
+    if !kvm() {
+        return skip("bzimage_payload_boots_in_long_mode_with_boot_params_and_initrd: no /dev/kvm");
+    }
+    // 64-bit code, rsi = boot_params: print the command line (cmd_line_ptr, 0x228) and the
+    // first 6 bytes of the initrd (ramdisk_image, 0x218), mark the boot timer, reset.
+    let code: Vec<u8> = [
+        &[0x48, 0x89, 0xf3][..],                     // mov rbx, rsi
+        &[0x8b, 0xb6, 0x28, 0x02, 0x00, 0x00],       // mov esi, [rsi+0x228]
+        &[0x66, 0xba, 0xf8, 0x03],                   // mov dx, 0x3f8
+        &[0x8a, 0x06, 0x84, 0xc0, 0x74, 0x06],       // l: mov al,[rsi]; test al,al; jz d
+        &[0xee, 0x48, 0xff, 0xc6, 0xeb, 0xf4],       // out dx,al; inc rsi; jmp l
+        &[0xb0, 0x0a, 0xee],                         // d: newline
+        &[0x8b, 0xb3, 0x18, 0x02, 0x00, 0x00],       // mov esi, [rbx+0x218]
+        &[0xb9, 0x06, 0x00, 0x00, 0x00],             // mov ecx, 6
+        &[0x8a, 0x06, 0xee, 0x48, 0xff, 0xc6],       // c: mov al,[rsi]; out dx,al; inc rsi
+        &[0xff, 0xc9, 0x75, 0xf6],                   // dec ecx; jnz c
+        &[0xb0, 0x0a, 0xee],                         // newline
+        &[0x66, 0xba, 0x40, 0x04, 0xb0, 0x7c, 0xee], // boot timer mark 124
+        RESET,
+    ]
+    .concat();
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = dir.as_path().join("bzImage");
+    std::fs::write(&kernel, bzimage(&code)).unwrap();
+    let initrd = dir.as_path().join("initrd");
+    std::fs::write(&initrd, b"INITRD and more bytes").unwrap();
+    let log = dir.as_path().join("serial.log");
+    let out = run_to_end(
+        Command::new(BIN)
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .args(["--cmdline", "via=bzimage"])
+            .arg("--serial")
+            .arg(&log),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "console=ttyS0 reboot=k panic=1 via=bzimage\nINITRD\n"
+    );
+    assert!(err.contains("guest mark 124"), "{err}");
+}

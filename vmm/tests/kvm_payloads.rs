@@ -173,6 +173,10 @@ fn real_mode_payload_reads_virtio_mmio_and_notifies_queue() {
         &[0x26, 0x66, 0xa3, 0x04, 0x20], // mov [es:0x2004], eax
         &[0x66, 0xa1, 0x08, 0x00],       // mov eax, [0x8]   device id
         &[0x26, 0x66, 0xa3, 0x08, 0x20], // mov [es:0x2008], eax
+        // mov dword [0x70], 1: Status = ACKNOWLEDGE; read it back into [es:0x200c]
+        &[0x66, 0xc7, 0x06, 0x70, 0x00, 0x01, 0x00, 0x00, 0x00],
+        &[0x66, 0xa1, 0x70, 0x00],
+        &[0x26, 0x66, 0xa3, 0x0c, 0x20],
         // mov dword [0x50], 0: QueueNotify for queue 0
         &[0x66, 0xc7, 0x06, 0x50, 0x00, 0x00, 0x00, 0x00, 0x00],
         RESET,
@@ -191,15 +195,16 @@ fn real_mode_payload_reads_virtio_mmio_and_notifies_queue() {
     );
     assert_eq!(mem.read_obj::<u32>(GuestAddress(0x2004)).unwrap(), 2);
     assert_eq!(mem.read_obj::<u32>(GuestAddress(0x2008)).unwrap(), 2);
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x200c)).unwrap(), 1);
     let t = info.transport.lock().unwrap();
     assert_eq!(
         t.queue_evts()[0].read().unwrap(),
         1,
         "queue 0 eventfd did not fire"
     );
-    // The notify went through KVM's ioeventfd, not through an MMIO exit.
-    assert_eq!(metrics.exits.mmio_read.get(), 3);
-    assert_eq!(metrics.exits.mmio_write.get(), 0);
+    // The Status write exits to the device; the notify goes through KVM's ioeventfd.
+    assert_eq!(metrics.exits.mmio_read.get(), 4);
+    assert_eq!(metrics.exits.mmio_write.get(), 1);
 }
 
 #[test]
