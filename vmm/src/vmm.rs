@@ -4,7 +4,6 @@
 //! backend does not own them), each device backend fd, console input, and the API socket.
 //! vCPU threads run the guest and handle register accesses themselves.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -405,12 +404,4 @@ impl Vmm {
             .unwrap_or_else(|e| e.into_inner())
             .send_ctrl_alt_del();
     }
-}
-
-/// Index of devices for tests: name -> (base, irq).
-pub fn device_map(vmm: &Vmm) -> HashMap<String, (u64, u32)> {
-    vmm.virtio
-        .iter()
-        .map(|d| (d.name.clone(), (d.base, d.irq)))
-        .collect()
 }
