@@ -353,7 +353,9 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
     let n = config.machine.vcpus;
     let mut vcpus = Vec::with_capacity(usize::from(n));
     for id in 0..n {
-        vcpus.push(Vcpu::new(&vm, id)?);
+        let vcpu = Vcpu::new(&vm, id)?;
+        arch::regs::init_vcpu(&vm, &vcpu).map_err(arch::ArchError::Regs)?;
+        vcpus.push(vcpu);
     }
     let gic = arch::gic::create_gic(&vm, u64::from(n))?;
 
@@ -413,8 +415,8 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
             virtio: &virtio,
         },
     )?;
-    for vcpu in &vcpus {
-        arch::regs::setup_vcpu(&vm, vcpu, kernel.entry.0, fdt.0).map_err(arch::ArchError::Regs)?;
+    if let Some(boot) = vcpus.first() {
+        arch::regs::setup_boot_regs(boot, kernel.entry.0, fdt.0).map_err(arch::ArchError::Regs)?;
     }
     let api = match &config.api {
         Some(a) => Some(ApiServer::new(&a.socket)?),

@@ -34,8 +34,9 @@ fn core_reg_id(offset: usize) -> u64 {
     KVM_REG_ARM64 | KVM_REG_SIZE_U64 | u64::from(KVM_REG_ARM_CORE) | (offset / 4) as u64
 }
 
-/// Initialises `vcpu`; vCPU 0 enters at `entry` with `fdt` in x0.
-pub fn setup_vcpu(vm: &Vm, vcpu: &Vcpu, entry: u64, fdt: u64) -> Result<(), RegsError> {
+/// KVM_ARM_VCPU_INIT with PSCI 0.2; secondary vCPUs start powered off. Call for every vCPU
+/// before the GIC is created.
+pub fn init_vcpu(vm: &Vm, vcpu: &Vcpu) -> Result<(), RegsError> {
     let mut kvi = kvm_vcpu_init::default();
     vm.fd()
         .get_preferred_target(&mut kvi)
@@ -44,10 +45,11 @@ pub fn setup_vcpu(vm: &Vm, vcpu: &Vcpu, entry: u64, fdt: u64) -> Result<(), Regs
     if vcpu.id() > 0 {
         kvi.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
     }
-    vcpu.fd().vcpu_init(&kvi).map_err(RegsError::Init)?;
-    if vcpu.id() > 0 {
-        return Ok(());
-    }
+    vcpu.fd().vcpu_init(&kvi).map_err(RegsError::Init)
+}
+
+/// Boot registers of vCPU 0: enter at `entry` with `fdt` in x0.
+pub fn setup_boot_regs(vcpu: &Vcpu, entry: u64, fdt: u64) -> Result<(), RegsError> {
     // `struct kvm_regs` starts with `struct user_pt_regs { regs[31], sp, pc, pstate }`.
     let regs_off = std::mem::offset_of!(user_pt_regs, regs);
     let pc_off = std::mem::offset_of!(user_pt_regs, pc);
