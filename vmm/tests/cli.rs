@@ -467,7 +467,9 @@ fn mov_mem(addr: u32, value: u32) -> Vec<u8> {
 #[test]
 fn payload_virtio_blk_driver_reads_a_sector_through_the_event_loop() {
     if !kvm() {
-        return skip("payload_virtio_blk_driver_reads_a_sector_through_the_event_loop: no /dev/kvm");
+        return skip(
+            "payload_virtio_blk_driver_reads_a_sector_through_the_event_loop: no /dev/kvm",
+        );
     }
     // A minimal virtio-blk driver in 32-bit code: initialise the device at 0xd0000000, set up
     // queue 0 (16 entries) at 0x200000, queue one IN request for sector 0, notify (KVM
@@ -515,7 +517,7 @@ fn payload_virtio_blk_driver_reads_a_sector_through_the_event_loop() {
     c.extend(mov_mem(avail, 1 << 16)); // idx = 1
     c.extend(mov_mem(B + 0x70, 0xf)); // DRIVER_OK
     c.extend(mov_mem(B + 0x50, 0)); // QueueNotify(0)
-    // poll: mov ax, [used+2]; cmp ax, 1; jne poll
+                                    // poll: mov ax, [used+2]; cmp ax, 1; jne poll
     c.extend_from_slice(&[0x66, 0xa1]);
     c.extend_from_slice(&(used + 2).to_le_bytes());
     c.extend_from_slice(&[0x66, 0x83, 0xf8, 0x01, 0x75, 0xf4]);
@@ -548,5 +550,132 @@ fn payload_virtio_blk_driver_reads_a_sector_through_the_event_loop() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "RUNVDISK0\n", "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "RUNVDISK0\n",
+        "{err}"
+    );
+}
+
+/// 32-bit code that polls the used index at `used` until it reaches `n`.
+fn poll_used(used: u32, n: u8) -> Vec<u8> {
+    let mut v = vec![0x66, 0xa1];
+    v.extend_from_slice(&(used + 2).to_le_bytes());
+    v.extend_from_slice(&[0x66, 0x83, 0xf8, n, 0x72, 0xf4]); // cmp ax, n; jb poll
+    v
+}
+
+/// 32-bit code that sets up queue `sel` of the device at `base`.
+fn queue_setup(base: u32, sel: u32, desc: u32) -> Vec<u8> {
+    let mut c = Vec::new();
+    for (off, v) in [
+        (0x30, sel),
+        (0x38, 16),
+        (0x80, desc),
+        (0x90, desc + 0x1000),
+        (0xa0, desc + 0x2000),
+        (0x44, 1),
+    ] {
+        c.extend(mov_mem(base + off, v));
+    }
+    c
+}
+
+#[test]
+fn payload_vsock_driver_accepts_a_host_connection() {
+    if !kvm() {
+        return skip("payload_vsock_driver_accepts_a_host_connection: no /dev/kvm");
+    }
+    // A minimal virtio-vsock driver: post two RX buffers, wait for the REQUEST the host's
+    // `CONNECT 1024` produces, answer RESPONSE on TX, wait for the host's data, print it.
+    const B: u32 = 0xd000_0000;
+    let (rxq, txq, evq) = (0x20_0000u32, 0x21_0000u32, 0x22_0000u32);
+    let (rx0, rx1, resp) = (0x30_0000u32, 0x30_1000u32, 0x40_0000u32);
+    let mut c = Vec::new();
+    for (off, v) in [(0x70, 1), (0x70, 3), (0x24, 1), (0x20, 1), (0x70, 0xb)] {
+        c.extend(mov_mem(B + off, v));
+    }
+    c.extend(queue_setup(B, 0, rxq));
+    c.extend(queue_setup(B, 1, txq));
+    c.extend(queue_setup(B, 2, evq));
+    for (i, addr) in [rx0, rx1].into_iter().enumerate() {
+        let d = rxq + 16 * i as u32;
+        c.extend(mov_mem(d, addr));
+        c.extend(mov_mem(d + 8, 4096));
+        c.extend(mov_mem(d + 12, 2)); // WRITE
+    }
+    c.extend(mov_mem(rxq + 0x1000 + 4, 1 << 16)); // ring[0] = 0, ring[1] = 1
+    c.extend(mov_mem(rxq + 0x1000, 2 << 16)); // avail idx = 2
+    c.extend(mov_mem(B + 0x70, 0xf)); // DRIVER_OK
+    c.extend(mov_mem(B + 0x50, 0)); // notify RX
+    c.extend(poll_used(rxq + 0x2000, 1)); // the REQUEST arrived in rx0
+                                          // RESPONSE: src 3:1024 -> dst 2:<host port from the REQUEST's src_port>.
+    c.extend(mov_mem(resp, 3));
+    c.extend(mov_mem(resp + 8, 2));
+    c.extend(mov_mem(resp + 16, 1024));
+    c.push(0xa1); // mov eax, [rx0 + 16]
+    c.extend_from_slice(&(rx0 + 16).to_le_bytes());
+    c.push(0xa3); // mov [resp + 20], eax
+    c.extend_from_slice(&(resp + 20).to_le_bytes());
+    c.extend(mov_mem(resp + 28, 1 | (2 << 16))); // type STREAM, op RESPONSE
+    c.extend(mov_mem(resp + 36, 65536)); // buf_alloc
+    c.extend(mov_mem(txq, resp));
+    c.extend(mov_mem(txq + 8, 44));
+    c.extend(mov_mem(txq + 0x1000, 1 << 16)); // TX avail idx = 1
+    c.extend(mov_mem(B + 0x50, 1)); // notify TX
+    c.extend(poll_used(rxq + 0x2000, 2)); // data arrived in rx1
+    c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    c.push(0xbe); // mov esi, rx1 + 44
+    c.extend_from_slice(&(rx1 + 44).to_le_bytes());
+    c.extend_from_slice(&[0xb9, 6, 0, 0, 0]); // mov ecx, 6
+    c.extend_from_slice(&[0x8a, 0x06, 0xee, 0x46, 0x49, 0x75, 0xf9]); // print loop
+    c.extend_from_slice(RESET);
+
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), &c);
+    let uds = dir.as_path().join("vsock.sock");
+    let log = dir.as_path().join("serial.log");
+    let mut child = Command::new(BIN)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--serial")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let host = loop {
+        if let Ok(s) = UnixStream::connect(&uds) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no vsock socket");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    host.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = host.try_clone().unwrap();
+    w.write_all(b"CONNECT 1024\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(host).read_line(&mut line).unwrap();
+    assert!(line.starts_with("OK ") && line.ends_with('\n'), "{line:?}");
+    w.write_all(b"hello\n").unwrap();
+    let mut status = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "hello\n");
+    assert!(!uds.exists(), "vsock socket left behind");
 }
