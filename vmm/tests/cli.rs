@@ -679,3 +679,72 @@ fn payload_vsock_driver_accepts_a_host_connection() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "hello\n");
     assert!(!uds.exists(), "vsock socket left behind");
 }
+
+#[test]
+fn unix_socket_console_keeps_early_output_and_carries_input() {
+    if !kvm() {
+        return skip("unix_socket_console_keeps_early_output_and_carries_input: no /dev/kvm");
+    }
+    // After printing the command line: echo COM1 input back until a newline, then reset.
+    let echo = [
+        0x66, 0xba, 0xfd, 0x03, // top: mov dx, 0x3fd (LSR)
+        0xec, 0xa8, 0x01, 0x74, 0xfb, // wait: in al,dx; test al,1; jz wait
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xec, 0xee, // in al, dx; out dx, al
+        0x3c, 0x0a, 0x75, 0xed, // cmp al, '\n'; jne top
+    ];
+    let code = print_cmdline_then(&[&echo[..], RESET].concat());
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), &code);
+    let console = dir.as_path().join("console.sock");
+    let mut child = Command::new(BIN)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--serial")
+        .arg(format!("unix:{}", console.display()))
+        .args(["--cmdline", "con=sock"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let sock = loop {
+        if let Ok(s) = UnixStream::connect(&console) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no console socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let mut r = BufReader::new(sock);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "console=ttyS0 reboot=k panic=1 con=sock\n");
+    w.write_all(b"ping\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "ping\n");
+    let mut status = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
