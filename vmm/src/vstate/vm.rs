@@ -20,6 +20,9 @@ pub enum VmError {
     /// Too many memory regions.
     #[error("Too many guest memory regions")]
     TooManySlots,
+    /// A region has no host mapping.
+    #[error("Guest memory region at {0:#x} has no host mapping")]
+    HostAddress(u64),
     /// KVM_SET_TSS_ADDR failed.
     #[cfg(target_arch = "x86_64")]
     #[error("Cannot set the TSS address")]
@@ -67,7 +70,7 @@ impl Vm {
             let slot = u32::try_from(index).map_err(|_| VmError::TooManySlots)?;
             let host = mem
                 .get_host_address(region.start_addr())
-                .map_err(|_| VmError::TooManySlots)?;
+                .map_err(|_| VmError::HostAddress(region.start_addr().raw_value()))?;
             let desc = kvm_userspace_memory_region {
                 slot,
                 flags: 0,

@@ -41,6 +41,9 @@ pub enum FsError {
     /// eventfd/epoll setup failed.
     #[error("Cannot set up vhost-user-fs events")]
     Events(#[source] std::io::Error),
+    /// Guest memory cannot be shared with the backend.
+    #[error("Cannot share guest memory with the backend: {0}")]
+    Memory(String),
 }
 
 /// A virtio-fs device backed by virtiofsd.
@@ -136,11 +139,9 @@ impl VhostUserFs {
         for region in mem.iter() {
             let host = mem
                 .get_host_address(region.start_addr())
-                .map_err(|e| FsError::Events(std::io::Error::other(e.to_string())))?;
+                .map_err(|e| FsError::Memory(e.to_string()))?;
             let Some(fo) = region.file_offset() else {
-                return Err(FsError::Events(std::io::Error::other(
-                    "guest memory is not file backed",
-                )));
+                return Err(FsError::Memory("guest memory is not file backed".into()));
             };
             regions.push(VhostUserMemoryRegionInfo {
                 guest_phys_addr: region.start_addr().raw_value(),
@@ -154,7 +155,7 @@ impl VhostUserFs {
         let host_addr = |a: u64| -> Result<u64, FsError> {
             mem.get_host_address(GuestAddress(a))
                 .map(|p| p as u64)
-                .map_err(|e| FsError::Events(std::io::Error::other(e.to_string())))
+                .map_err(|e| FsError::Memory(e.to_string()))
         };
         for (i, q) in ctx.queues.iter().enumerate() {
             req("SET_VRING_NUM", self.frontend.set_vring_num(i, q.size()))?;
