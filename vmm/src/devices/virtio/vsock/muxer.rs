@@ -144,6 +144,51 @@ pub struct VsockMuxer {
     next_local_port: u32,
 }
 
+/// Connects to the Unix socket at `path` without blocking: a listener whose backlog is full
+/// fails the connection (the guest gets RST) instead of stalling the monitor.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_un>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes for the duration of the call.
+    let ret = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(line).ok()?;
     let port = s.trim_end().strip_prefix("CONNECT ")?;
@@ -410,8 +455,8 @@ impl VsockMuxer {
             self.push_ctrl(key, op::RST, 0);
             return;
         }
-        let path = format!("{}_{}", self.uds_path.display(), key.local_port);
-        let added = UnixStream::connect(&path)
+        let path = PathBuf::from(format!("{}_{}", self.uds_path.display(), key.local_port));
+        let added = connect_nonblocking(&path)
             .and_then(|stream| self.add_conn(key, stream, ConnState::Established));
         match added {
             Ok(()) => self.push_ctrl(key, op::RESPONSE, 0),
@@ -698,6 +743,26 @@ mod tests {
         assert_eq!(&got, b"abc");
         // No listener on port 5001: RST.
         m.send_pkt(&guest_pkt(40001, 5001, op::REQUEST), &[]);
+        let pkts = pump(&mut m);
+        assert_eq!(pkts.last().unwrap().0.op, op::RST);
+    }
+
+    #[test]
+    fn full_host_listener_backlog_gives_rst_without_blocking() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let uds = dir.as_path().join("v.sock");
+        let mut m = VsockMuxer::new(&uds, GUEST).unwrap();
+        let path = PathBuf::from(format!("{}_6000", uds.display()));
+        let _listener = UnixListener::bind(&path).unwrap();
+        // Fill the backlog: nobody accepts.
+        let mut held = Vec::new();
+        while let Ok(s) = connect_nonblocking(&path) {
+            held.push(s);
+            assert!(held.len() < 100_000);
+        }
+        let start = std::time::Instant::now();
+        m.send_pkt(&guest_pkt(40000, 6000, op::REQUEST), &[]);
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
         let pkts = pump(&mut m);
         assert_eq!(pkts.last().unwrap().0.op, op::RST);
     }
