@@ -103,7 +103,12 @@ fn common_syscalls() -> Vec<libc::c_long> {
 pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let mut syscalls = common_syscalls();
     if kind == ThreadKind::Main {
-        syscalls.extend_from_slice(&[libc::SYS_accept4, libc::SYS_eventfd2]);
+        syscalls.extend_from_slice(&[
+            libc::SYS_accept4,
+            libc::SYS_eventfd2,
+            // API replies use a socket write timeout.
+            libc::SYS_setsockopt,
+        ]);
     }
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
         syscalls.into_iter().map(|s| (s, Vec::new())).collect();

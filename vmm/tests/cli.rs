@@ -748,3 +748,69 @@ fn unix_socket_console_keeps_early_output_and_carries_input() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn payload_activates_vhost_user_fs_under_seccomp() {
+    if !kvm() {
+        return skip("payload_activates_vhost_user_fs_under_seccomp: no /dev/kvm");
+    }
+    let Some(virtiofsd) = ["/usr/local/bin/virtiofsd", "/usr/libexec/virtiofsd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        return skip("payload_activates_vhost_user_fs_under_seccomp: virtiofsd is not installed");
+    };
+    // Driver init of the fs device (activation runs the vhost-user setup on the vCPU thread,
+    // under its seccomp filter), then print K if the device status has no DEVICE_NEEDS_RESET
+    // (R otherwise) and reset.
+    const B: u32 = 0xd000_0000;
+    let mut c = Vec::new();
+    for (off, v) in [(0x70, 1), (0x70, 3), (0x24, 1), (0x20, 1), (0x70, 0xb)] {
+        c.extend(mov_mem(B + off, v));
+    }
+    c.extend(queue_setup(B, 0, 0x20_0000));
+    c.extend(queue_setup(B, 1, 0x21_0000));
+    c.extend(mov_mem(B + 0x70, 0xf));
+    c.push(0xa1); // mov eax, [B + 0x70]
+    c.extend_from_slice(&(B + 0x70).to_le_bytes());
+    c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    c.extend_from_slice(&[0xa8, 0x40, 0xb0, b'K', 0x74, 0x02, 0xb0, b'R', 0xee]);
+    c.extend_from_slice(&[0xb0, 0x0a, 0xee]);
+    c.extend_from_slice(RESET);
+
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let shared = dir.as_path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let sock = dir.as_path().join("vfs.sock");
+    let mut daemon = Command::new(virtiofsd)
+        .arg(format!("--socket-path={}", sock.display()))
+        .arg(format!("--shared-dir={}", shared.display()))
+        .args(["--sandbox=none", "--cache=never"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kernel = write_kernel(dir.as_path(), &c);
+    let log = dir.as_path().join("serial.log");
+    let out = run_to_end(
+        Command::new(BIN)
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--fs-socket")
+            .arg(&sock)
+            .args(["--fs-tag", "runvfs"])
+            .arg("--serial")
+            .arg(&log),
+        Duration::from_secs(20),
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "K\n", "{err}");
+}

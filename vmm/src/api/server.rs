@@ -153,8 +153,12 @@ impl ApiServer {
             };
             let mut out = reply.to_string();
             out.push('\n');
-            // Replies are small; a client that does not read them loses them.
+            // Replies are small; a client that does not read them within a second loses them
+            // rather than stalling the event loop.
             let _ = c.stream.set_nonblocking(false);
+            let _ = c
+                .stream
+                .set_write_timeout(Some(std::time::Duration::from_secs(1)));
             let _ = c.stream.write_all(out.as_bytes());
             let _ = c.stream.set_nonblocking(true);
         }
