@@ -265,7 +265,12 @@ fn build(config: &VmmConfig) -> Result<Vmm, BuildError> {
     let mut kernel = open(&config.kernel.path)?;
     let entry = boot::load_kernel(&mem, &mut kernel)?;
     let initrd = match &config.kernel.initrd {
-        Some(p) => Some(boot::load_initrd(&mem, &mut open(p)?, entry.kernel_end)?),
+        Some(p) => Some(boot::load_initrd(
+            &mem,
+            &mut open(p)?,
+            entry.kernel_end,
+            boot::initrd_addr_max(&entry),
+        )?),
         None => None,
     };
 

@@ -156,16 +156,30 @@ fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
     end.min(layout::MMIO_GAP_START)
 }
 
-/// Loads the initrd at the top of low RAM, page aligned, above the kernel.
+/// Highest address (inclusive) the kernel accepts for the initrd: the bzImage header's
+/// `initrd_addr_max`, or no limit below the MMIO gap for an ELF kernel.
+pub fn initrd_addr_max(entry: &KernelEntry) -> Option<u64> {
+    entry
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|m| *m != 0)
+}
+
+/// Loads the initrd at the top of low RAM (and below `addr_max`), page aligned, above the
+/// kernel.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     file: &mut File,
     kernel_end: u64,
+    addr_max: Option<u64>,
 ) -> Result<InitrdRegion, BootError> {
     let size = file.seek(SeekFrom::End(0)).map_err(BootError::ReadInitrd)?;
     file.seek(SeekFrom::Start(0))
         .map_err(BootError::ReadInitrd)?;
-    let top = low_ram_end(mem);
+    let top = match addr_max {
+        Some(max) => low_ram_end(mem).min(max.saturating_add(1)),
+        None => low_ram_end(mem),
+    };
     let addr = top
         .checked_sub(size)
         .map(|a| a & !(PAGE_SIZE - 1))
@@ -351,12 +365,26 @@ mod tests {
         let tmp = TempFile::new().unwrap();
         tmp.as_file().write_all(&[7u8; 5000]).unwrap();
         let mut f = tmp.into_file();
-        let region = load_initrd(&m, &mut f, 0x20_0000).unwrap();
+        let region = load_initrd(&m, &mut f, 0x20_0000, None).unwrap();
         assert_eq!(region.size, 5000);
         assert_eq!(region.addr.raw_value() % PAGE_SIZE, 0);
         assert!(region.addr.raw_value() + 5000 <= 64 << 20);
         let b: u8 = m.read_obj(region.addr.unchecked_add(4999)).unwrap();
         assert_eq!(b, 7);
+    }
+
+    #[test]
+    fn initrd_respects_addr_max() {
+        let m = mem(64 << 20);
+        let tmp = TempFile::new().unwrap();
+        tmp.as_file().write_all(&[1u8; 4096]).unwrap();
+        let mut f = tmp.into_file();
+        let region = load_initrd(&m, &mut f, 0x20_0000, Some(0x1ff_ffff)).unwrap();
+        assert!(region.addr.raw_value() + 4096 <= 0x200_0000);
+        assert!(matches!(
+            load_initrd(&m, &mut f, 0x20_0000, Some(0x20_0ffe)),
+            Err(BootError::InitrdTooLarge)
+        ));
     }
 
     #[test]
