@@ -229,6 +229,9 @@ pub struct VmmConfig {
     /// Install seccomp filters (on unless debugging).
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// Sandbox id, used to tag log lines.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -282,6 +285,7 @@ impl VmmConfig {
             net: None,
             api: None,
             seccomp: true,
+            id: None,
         }
     }
 
@@ -341,6 +345,7 @@ impl VmmConfig {
         let mut net = None;
         let mut api = None;
         let mut seccomp = true;
+        let mut id = None;
         let mut config_file: Option<PathBuf> = None;
         let mut other_flags = false;
         while let Some(flag) = args.next() {
@@ -348,7 +353,7 @@ impl VmmConfig {
                 args.next()
                     .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value")))
             };
-            if flag != "--config" && flag != "--no-seccomp" {
+            if flag != "--config" && flag != "--no-seccomp" && flag != "--id" {
                 other_flags = true;
             }
             match flag.as_str() {
@@ -401,6 +406,7 @@ impl VmmConfig {
                     })
                 }
                 "--no-seccomp" => seccomp = false,
+                "--id" => id = Some(value("--id")?),
                 "--config" => config_file = Some(PathBuf::from(value("--config")?)),
                 other => return Err(ConfigError::Usage(format!("Unknown argument {other:?}"))),
             }
@@ -413,6 +419,9 @@ impl VmmConfig {
             }
             let mut cfg = Self::from_json_file(&file)?;
             cfg.seccomp &= seccomp;
+            if id.is_some() {
+                cfg.id = id;
+            }
             return Ok(cfg);
         }
         let fs = match (fs_socket, fs_tag) {
@@ -435,6 +444,7 @@ impl VmmConfig {
             net,
             api,
             seccomp,
+            id,
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod jailer;
+pub mod logger;
 pub mod metrics;
 pub mod seccomp;
 pub mod vmm;

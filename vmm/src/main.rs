@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use runv_vmm::config::VmmConfig;
+use runv_vmm::log_line;
 use runv_vmm::vmm::{start_instant, Vmm};
 use runv_vmm::vstate::vcpu::ExitReason;
 use runv_vmm::{EXIT_FORCED_SHUTDOWN, EXIT_GUEST_CRASH, EXIT_GUEST_SHUTDOWN, EXIT_VMM_ERROR};
@@ -10,8 +11,8 @@ const USAGE: &str = "\
 usage: runv-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
                 [--serial stdio|none|unix:PATH|PATH] [--vsock-uds PATH] [--disk PATH[,ro]]...
                 [--fs-socket PATH --fs-tag TAG] [--net-tap NAME [--net-mac MAC]]
-                [--api-socket PATH] [--no-seccomp]
-       runv-vmm --config FILE.json [--no-seccomp]
+                [--api-socket PATH] [--id SANDBOX_ID] [--no-seccomp]
+       runv-vmm --config FILE.json [--id SANDBOX_ID] [--no-seccomp]
        runv-vmm jail --id ID --uid UID --gid GID [--chroot-base DIR] [--netns PATH] -- ARGS...
 
 exit status: 0 guest shut down or rebooted, 1 monitor error, 2 guest crashed
@@ -32,28 +33,29 @@ fn run() -> anyhow::Result<i32> {
         return Ok(EXIT_GUEST_SHUTDOWN);
     }
     let config = VmmConfig::from_args(args).context("Bad arguments (see --help)")?;
+    runv_vmm::logger::set_sandbox_id(config.id.as_deref());
     let vmm = Vmm::try_from(config).context("Cannot build the VM")?;
-    eprintln!(
-        "runv-vmm: VM built in {} us, kernel command line: {}",
+    log_line!(
+        "VM built in {} us, kernel command line: {}",
         start_instant().elapsed().as_micros(),
         vmm.cmdline()
     );
     let reason = vmm.run().context("Cannot run the VM")?;
     Ok(match reason {
         ExitReason::GuestShutdown(why) => {
-            eprintln!("runv-vmm: guest shut down ({why})");
+            log_line!("guest shut down ({why})");
             EXIT_GUEST_SHUTDOWN
         }
         ExitReason::GuestCrash(why) => {
-            eprintln!("runv-vmm: guest crashed: {why}");
+            log_line!("guest crashed: {why}");
             EXIT_GUEST_CRASH
         }
         ExitReason::Forced => {
-            eprintln!("runv-vmm: guest did not shut down in time; stopped");
+            log_line!("guest did not shut down in time; stopped");
             EXIT_FORCED_SHUTDOWN
         }
         ExitReason::VmmError(why) => {
-            eprintln!("runv-vmm: error: {why}");
+            log_line!("error: {why}");
             EXIT_VMM_ERROR
         }
     })
@@ -64,7 +66,7 @@ fn main() {
     let code = match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("runv-vmm: error: {e:#}");
+            log_line!("error: {e:#}");
             EXIT_VMM_ERROR
         }
     };

@@ -136,6 +136,17 @@ fn missing_kernel_is_a_clear_error() {
 }
 
 #[test]
+fn log_lines_carry_the_sandbox_id() {
+    let out = run_to_end(
+        Command::new(BIN).args(["--kernel", "/nonexistent/vmlinux", "--id", "sb-42"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("runv-vmm[sb-42]: error: "), "{err}");
+}
+
+#[test]
 fn bad_arguments_are_clear_errors() {
     let out = run_to_end(
         Command::new(BIN).args(["--kernel", "/bin/sh", "--vcpus", "99"]),

@@ -43,8 +43,8 @@ impl BusDevice for BootTimer {
             return;
         };
         let since_start = self.start.elapsed();
-        eprintln!(
-            "runv-vmm: boot-timer: guest mark {value} at {} us since start",
+        crate::log_line!(
+            "boot-timer: guest mark {value} at {} us since start",
             since_start.as_micros()
         );
         let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());

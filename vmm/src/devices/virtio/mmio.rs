@@ -219,7 +219,7 @@ impl MmioTransport {
                     queue_evts,
                     interrupt: Arc::clone(&self.interrupt),
                 })
-                .map_err(|e| eprintln!("runv-vmm: virtio device activation failed: {e}"))
+                .map_err(|e| crate::log_line!("virtio device activation failed: {e}"))
                 .is_ok(),
             _ => false,
         };
