@@ -101,6 +101,9 @@ const LATE_MOUNTS: [SystemMount; 6] = [
 /// Mounts /proc, /sys and /dev and points stdio at the console. Runs before logging
 /// exists, so problems go straight to stderr.
 pub fn early() {
+    if let Err(err) = leave_initramfs() {
+        eprintln!("runv-agent: re-root off the initramfs: {err}");
+    }
     for m in &EARLY_MOUNTS {
         if let Err(err) = mount_system(m) {
             eprintln!("runv-agent: mount {}: {err}", m.target);
@@ -109,6 +112,40 @@ pub fn early() {
     if let Err(err) = console_stdio() {
         eprintln!("runv-agent: console: {err}");
     }
+}
+
+/// Where the bind mount of the initramfs root is made before it is moved over `/`.
+const REROOT_DIR: &str = "/.runv-root";
+
+/// pivot_root(2) refuses to move away from the initramfs root (a mount without parent),
+/// and containers rely on it to detach the guest's filesystem. Re-root the agent on a bind
+/// mount of the initramfs, which has the initramfs as its parent: same files, but its
+/// children can pivot. This is what switch_root does, without copying anything.
+fn leave_initramfs() -> Result<(), Errno> {
+    const RAMFS_MAGIC: i128 = 0x8584_58f6;
+    const TMPFS_MAGIC: i128 = 0x0102_1994;
+    let fs_type = i128::from(nix::sys::statfs::statfs("/")?.filesystem_type().0);
+    if fs_type != RAMFS_MAGIC && fs_type != TMPFS_MAGIC {
+        return Ok(());
+    }
+    nix::unistd::mkdir(REROOT_DIR, Mode::from_bits_truncate(0o700)).or_else(|e| match e {
+        Errno::EEXIST => Ok(()),
+        other => Err(other),
+    })?;
+    mount(
+        Some("/"),
+        REROOT_DIR,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+    nix::unistd::chdir(REROOT_DIR)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")?;
+    // The directory is empty again now that its mount moved; it is only clutter.
+    let _ = fs::remove_dir(REROOT_DIR);
+    Ok(())
 }
 
 /// The rest of the system: pts, shm, mqueue, cgroup2, /run, /tmp, lo, cgroup controllers.
@@ -121,10 +158,12 @@ pub fn late() {
     if let Err(err) = replace_with_symlink("pts/ptmx", "/dev/ptmx") {
         tracing::error!(%err, "cannot link /dev/ptmx");
     }
+    tracing::debug!("system filesystems mounted");
     if let Err(err) = bring_up_loopback() {
         tracing::error!(%err, "cannot bring lo up");
     }
     enable_controllers(Path::new("/sys/fs/cgroup"));
+    tracing::debug!("lo up, cgroup controllers enabled");
 }
 
 fn mount_system(m: &SystemMount) -> Result<(), Errno> {

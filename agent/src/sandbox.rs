@@ -44,13 +44,21 @@ pub struct Sandbox {
     cgroups: Mutex<Option<Arc<CgroupManager>>>,
     containers: Mutex<Containers>,
     setup: tokio::sync::Mutex<Option<SandboxSetup>>,
+    /// True once the PID 1 system setup (cgroup2, /run, ...) is done.
+    system_ready: tokio::sync::watch::Receiver<bool>,
     /// Notified when the agent should stop serving (dev mode).
     pub stopped: Notify,
 }
 
 impl Sandbox {
-    pub fn new(mode: Mode, reaper: Arc<Reaper>, cgroup_root: PathBuf) -> Self {
+    pub fn new(
+        mode: Mode,
+        reaper: Arc<Reaper>,
+        cgroup_root: PathBuf,
+        system_ready: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
+            system_ready,
             mode,
             reaper,
             cgroup_root,
@@ -67,6 +75,7 @@ impl Sandbox {
         hostname: &str,
         shared_fs: Option<(String, PathBuf)>,
     ) -> Result<(), AgentError> {
+        self.wait_system_ready().await;
         let mut setup = self.setup.lock().await;
         if setup.is_some() {
             return Err(AgentError::SandboxExists);
@@ -130,6 +139,7 @@ impl Sandbox {
         rootfs_path: &str,
         rootfs_readonly: bool,
     ) -> Result<(), AgentError> {
+        self.wait_system_ready().await;
         spec::check_container_id(&container_id)?;
         let spec = spec::parse(spec_json)?;
         let (rootfs, readonly_root) = spec::rootfs(rootfs_path, rootfs_readonly, &spec)?;
@@ -227,6 +237,7 @@ impl Sandbox {
     /// Shutdown: every container is killed, filesystems synced and the shared one
     /// unmounted. The power-off (or, in dev mode, the exit) follows after the reply.
     pub async fn shutdown(&self) {
+        self.wait_system_ready().await;
         self.remove_all().await;
         nix::unistd::sync();
         if let Some(setup) = self.setup.lock().await.as_ref() {
@@ -238,6 +249,13 @@ impl Sandbox {
             }
         }
         tracing::info!("shutting down");
+    }
+
+    /// Waits until the system setup that containers and the shared filesystem need is done.
+    async fn wait_system_ready(&self) {
+        let mut ready = self.system_ready.clone();
+        // The sender lives as long as the server; if it is gone, go ahead anyway.
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 
     pub fn mode(&self) -> Mode {

@@ -39,9 +39,6 @@ pub async fn serve(options: ServeOptions) -> i32 {
         None => return 1,
     };
     tracing::debug!(address = %options.address, "listening");
-    if options.system_setup {
-        init::late();
-    }
     if options.mode == Mode::Dev {
         become_subreaper();
     }
@@ -52,10 +49,14 @@ pub async fn serve(options: ServeOptions) -> i32 {
             return 1;
         }
     };
+    // Requests other than Check wait for the rest of the system setup, which runs while
+    // the server already answers.
+    let (system_ready, ready_rx) = tokio::sync::watch::channel(!options.system_setup);
     let sandbox = Arc::new(Sandbox::new(
         options.mode,
         reaper,
         options.cgroup_root.clone(),
+        ready_rx,
     ));
     let service = agent_ttrpc::create_agent(Arc::new(AgentService::new(Arc::clone(&sandbox))));
     let mut server = server.register_service(service);
@@ -64,6 +65,13 @@ pub async fn serve(options: ServeOptions) -> i32 {
         return 1;
     }
     tracing::info!(address = %options.address, cgroup_root = %options.cgroup_root.display(), "runv-agent serving");
+    if options.system_setup {
+        if let Err(err) = tokio::task::spawn_blocking(init::late).await {
+            tracing::error!(%err, "system setup task failed");
+        }
+        system_ready.send_replace(true);
+        tracing::info!("system ready");
+    }
 
     match options.mode {
         Mode::Pid1 => std::future::pending::<()>().await,

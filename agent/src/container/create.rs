@@ -142,7 +142,12 @@ async fn create_in_cgroup(
         loop {
             match channel.recv().await.map_err(sync_err)? {
                 Some(FromInit::Pty) => master = channel.take_fd(),
-                Some(FromInit::Ready) => break,
+                Some(FromInit::Ready { warnings }) => {
+                    for warning in warnings {
+                        tracing::warn!(container = %id, "{warning}");
+                    }
+                    break;
+                }
                 Some(FromInit::Failed(failure)) => {
                     return Err(AgentError::Init {
                         id: id.clone(),

@@ -57,9 +57,10 @@ fn run() -> Result<Infallible, InitFailure> {
         Ok(None) => std::process::exit(1),
         Err(err) => return Err(InitFailure::internal(err.to_string())),
     };
-    let (program, args, env) = prepare(&config)?;
+    let mut warnings = Vec::new();
+    let (program, args, env) = prepare(&config, &mut warnings)?;
 
-    sync::send_blocking(SYNC_FD, &FromInit::Ready, None)
+    sync::send_blocking(SYNC_FD, &FromInit::Ready { warnings }, None)
         .map_err(|e| InitFailure::internal(e.to_string()))?;
     match sync::recv_blocking::<ToInit>(&sock, &mut frames) {
         Ok(Some(ToInit::Start)) => {}
@@ -75,7 +76,10 @@ fn run() -> Result<Infallible, InitFailure> {
 }
 
 /// Everything up to the exec: returns the program, argv and environment.
-fn prepare(config: &InitConfig) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
+fn prepare(
+    config: &InitConfig,
+    warnings: &mut Vec<String>,
+) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
     let spec = &config.spec;
     let process = spec
         .process()
@@ -92,7 +96,9 @@ fn prepare(config: &InitConfig) -> Result<(CString, Vec<CString>, Vec<CString>),
         mounts::mount_entry(rootfs, &m)?;
     }
     devices::populate(rootfs)?;
-    mounts::pivot_root(rootfs)?;
+    if !mounts::pivot_root(rootfs)? {
+        warnings.push("pivot_root refused; the root was moved and chrooted into".into());
+    }
 
     if spec::terminal(spec) {
         setup_terminal(spec::console_size(spec))?;

@@ -322,18 +322,20 @@ fn create_mount_point(dest: &Path, dir: bool) -> std::io::Result<()> {
     }
 }
 
-/// Makes `rootfs` the root and detaches the old one.
-pub fn pivot_root(rootfs: &Path) -> Result<(), InitFailure> {
+/// Makes `rootfs` the root and detaches the old one. Returns false when pivot_root was
+/// refused and the weaker move-and-chroot was used instead.
+pub fn pivot_root(rootfs: &Path) -> Result<bool, InitFailure> {
     nix::unistd::chdir(rootfs).map_err(|e| failure("chdir to rootfs", e))?;
     // With the same directory for both, the old root ends up stacked under the new one
     // and can be detached from "." without needing a directory in the image.
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => {
             umount2(".", MntFlags::MNT_DETACH).map_err(|e| failure("detach old root", e))?;
-            nix::unistd::chdir("/").map_err(|e| failure("chdir /", e))
+            nix::unistd::chdir("/").map_err(|e| failure("chdir /", e))?;
+            Ok(true)
         }
-        // The guest's root is the initramfs, which cannot be pivoted away from.
-        Err(Errno::EINVAL) => move_root(rootfs),
+        // The root is the initramfs itself, which cannot be pivoted away from.
+        Err(Errno::EINVAL) => move_root(rootfs).map(|()| false),
         Err(err) => Err(failure("pivot_root", err)),
     }
 }

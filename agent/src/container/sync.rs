@@ -42,7 +42,10 @@ pub enum ToInit {
 pub enum FromInit {
     /// The pty master travels with this frame.
     Pty,
-    Ready,
+    /// Prepared; waiting for Start. `warnings` are worth a line in the agent's log.
+    Ready {
+        warnings: Vec<String>,
+    },
     Failed(InitFailure),
 }
 
@@ -239,14 +242,14 @@ mod tests {
 
     #[test]
     fn partial_frames_wait_for_more() {
-        let frame = encode(&FromInit::Ready).unwrap();
+        let frame = encode(&FromInit::Ready { warnings: vec![] }).unwrap();
         let mut buf = FrameBuffer::default();
         buf.bytes.extend_from_slice(&frame[..3]);
         assert!(buf.next::<FromInit>().unwrap().is_none());
         buf.bytes.extend_from_slice(&frame[3..]);
         assert!(matches!(
             buf.next::<FromInit>().unwrap(),
-            Some(FromInit::Ready)
+            Some(FromInit::Ready { .. })
         ));
     }
 }
