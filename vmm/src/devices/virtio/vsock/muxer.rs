@@ -504,6 +504,8 @@ impl VsockBackend for VsockMuxer {
             c.peer_buf_alloc = hdr.buf_alloc;
             c.peer_fwd_cnt = hdr.fwd_cnt;
         }
+        // Any packet may carry new credit: a connection waiting for it can send again.
+        self.mark_ready(key);
         match hdr.op {
             op::REQUEST => self.guest_request(key),
             op::RESPONSE => match self.conns.get_mut(&key) {
@@ -526,7 +528,7 @@ impl VsockBackend for VsockMuxer {
                     self.push_ctrl(key, op::RST, 0);
                 }
             }
-            op::CREDIT_UPDATE => self.mark_ready(key),
+            op::CREDIT_UPDATE => {}
             op::CREDIT_REQUEST => {
                 if self.conns.contains_key(&key) {
                     self.push_ctrl(key, op::CREDIT_UPDATE, 0);
@@ -723,6 +725,34 @@ mod tests {
             out
         };
         assert_eq!(pkts.iter().map(|h| h.len).sum::<u32>(), 10);
+    }
+
+    #[test]
+    fn credit_carried_by_an_rw_header_resumes_host_data() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let uds = dir.as_path().join("v.sock");
+        let mut m = VsockMuxer::new(&uds, GUEST).unwrap();
+        let mut client = UnixStream::connect(&uds).unwrap();
+        client.write_all(b"CONNECT 9\n").unwrap();
+        let port = pump(&mut m)[0].0.src_port;
+        let mut resp = guest_pkt(9, port, op::RESPONSE);
+        resp.buf_alloc = 4;
+        m.send_pkt(&resp, &[]);
+        client.write_all(b"abcdefgh").unwrap();
+        let first: usize = pump(&mut m).iter().map(|p| p.1.len()).sum();
+        assert_eq!(first, 4);
+        // No new host data and no CREDIT_UPDATE: the credit comes in an RW header.
+        let mut rw = guest_pkt(9, port, op::RW);
+        rw.buf_alloc = 4;
+        rw.fwd_cnt = 4;
+        rw.len = 1;
+        m.send_pkt(&rw, b"x");
+        let mut buf = vec![0u8; 64];
+        let mut got = 0;
+        while let Some(h) = m.recv_pkt(&mut buf, 64) {
+            got += h.len;
+        }
+        assert_eq!(got, 4);
     }
 
     #[test]
