@@ -16,6 +16,7 @@ use crate::devices::virtio::{
 use crate::metrics::DeviceMetrics;
 use crate::vstate::memory::GuestMemoryMmap;
 
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const QUEUE_SIZES: &[u16] = &[256];
@@ -110,9 +111,15 @@ impl Block {
         })
     }
 
-    fn config_space(&self) -> [u8; 8] {
-        // Capacity in sectors; a trailing partial sector is not exposed.
-        (self.disk.size / SECTOR_SIZE).to_le_bytes()
+    /// `struct virtio_blk_config` up to `seg_max`: capacity in sectors (a trailing partial
+    /// sector is not exposed), size_max (not offered), seg_max (the queue holds the header and
+    /// the status besides the data segments).
+    fn config_space(&self) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..8].copy_from_slice(&(self.disk.size / SECTOR_SIZE).to_le_bytes());
+        let seg_max = u32::from(QUEUE_SIZES[0]) - 2;
+        c[12..16].copy_from_slice(&seg_max.to_le_bytes());
+        c
     }
 }
 
@@ -124,7 +131,7 @@ impl VirtioDevice for Block {
         QUEUE_SIZES
     }
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH;
+        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX;
         if self.settings.read_only {
             f |= VIRTIO_BLK_F_RO;
         }
@@ -168,5 +175,29 @@ impl VirtioDevice for Block {
     fn reset(&mut self) -> bool {
         self.active = None;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_and_config_space() {
+        let tmp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        tmp.as_file().set_len(10 * 512 + 100).unwrap();
+        let b = Block::new(tmp.as_path(), true, "id", Arc::default()).unwrap();
+        let f = b.features();
+        assert_ne!(f & VIRTIO_BLK_F_RO, 0);
+        assert_ne!(f & VIRTIO_BLK_F_SEG_MAX, 0);
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 10);
+        let mut seg = [0u8; 4];
+        b.read_config(12, &mut seg);
+        assert_eq!(u32::from_le_bytes(seg), 254);
+        let rw = Block::new(tmp.as_path(), false, "id", Arc::default()).unwrap();
+        assert_eq!(rw.features() & VIRTIO_BLK_F_RO, 0);
+        assert!(Block::new(Path::new("/nonexistent.img"), true, "id", Arc::default()).is_err());
     }
 }
