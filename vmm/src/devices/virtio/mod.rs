@@ -23,6 +23,9 @@ use crate::vstate::memory::GuestMemoryMmap;
 
 /// VIRTIO_F_VERSION_1: modern device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_RING_F_INDIRECT_DESC: descriptor chains may live in indirect tables (handled by
+/// virtio-queue's chain walker, so the queue processing is unchanged).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 /// VIRTIO_RING_F_EVENT_IDX.
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Interrupt status bit: a used ring was updated.

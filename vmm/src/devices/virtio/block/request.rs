@@ -442,6 +442,39 @@ mod tests {
     }
 
     #[test]
+    fn request_in_an_indirect_table() {
+        use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+        let m = mem();
+        let mut disk = vec![0u8; 4096];
+        disk[512..520].copy_from_slice(b"indirect");
+        header(&m, VIRTIO_BLK_T_IN, 1);
+        let table = GuestAddress(0x40_0000);
+        let entries = link(&rw_chain(0, 512, VRING_DESC_F_WRITE));
+        for (i, d) in entries.iter().enumerate() {
+            m.write_obj(*d, GuestAddress(table.0 + 16 * i as u64))
+                .unwrap();
+        }
+        let (len, status) = run(
+            &m,
+            &[desc(table.0, 48, VRING_DESC_F_INDIRECT)],
+            &mut disk,
+            false,
+        );
+        assert_eq!((len, status), (513, Some(VIRTIO_BLK_S_OK)));
+        let mut got = [0u8; 8];
+        m.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(&got, b"indirect");
+        // An indirect table pointing outside guest memory completes with nothing written.
+        let (len, _) = run(
+            &m,
+            &[desc(0xffff_0000_0000, 48, VRING_DESC_F_INDIRECT)],
+            &mut disk,
+            false,
+        );
+        assert_eq!(len, 0);
+    }
+
+    #[test]
     fn descriptor_loop_terminates() {
         let m = mem();
         let mut disk = vec![0u8; 4096];

@@ -11,7 +11,7 @@ use super::queue::{deliver_rx, process_tx, RxOutcome, MAX_FRAME_LEN};
 use super::tap::Tap;
 use crate::devices::virtio::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::metrics::DeviceMetrics;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -114,7 +114,7 @@ impl VirtioDevice for Net {
         QUEUE_SIZES
     }
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_NET_F_MAC
     }
     fn ack_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {
