@@ -20,7 +20,7 @@ use ttrpc::Code;
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "sleep", "pwd", "hostname", "tty", "stty", "env", "true", "false",
-    "ls", "head", "wc", "kill", "ps", "mount", "touch",
+    "ls", "head", "wc", "kill", "ps", "mount", "touch", "grep", "mkdir",
 ];
 
 fn ctx() -> ttrpc::context::Context {
@@ -487,6 +487,31 @@ async fn process_settings_take_effect() {
     vars.sort_unstable();
     let mark = format!("RUNV_TEST_MARK={}", agent.mark);
     assert_eq!(vars, ["FOO=bar baz", "PATH=/bin", mark.as_str()]);
+
+    // Capabilities: root limited to two, and a user with an ambient one.
+    let script = "grep -E '^Cap(Bnd|Eff)' /proc/self/status; mkdir -p /mnt; \
+                  mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo denied";
+    let mut spec = agent.spec(&["sh", "-c", script]);
+    let two = json!(["CAP_CHOWN", "CAP_KILL"]);
+    spec["process"]["capabilities"] = json!({
+        "bounding": two, "effective": two, "permitted": two, "inheritable": two
+    });
+    let (status, out, err) = run(&client, &agent, "caps", &spec).await;
+    assert_eq!(status, 0, "stderr: {err}");
+    assert_eq!(
+        out,
+        "CapEff:\t0000000000000021\nCapBnd:\t0000000000000021\ndenied\n"
+    );
+    let mut spec = agent.spec(&["grep", "^CapAmb", "/proc/self/status"]);
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    let bind = json!(["CAP_NET_BIND_SERVICE"]);
+    spec["process"]["capabilities"] = json!({
+        "bounding": bind, "effective": bind, "permitted": bind, "inheritable": bind,
+        "ambient": bind
+    });
+    let (status, out, err) = run(&client, &agent, "ambient", &spec).await;
+    assert_eq!(status, 0, "stderr: {err}");
+    assert_eq!(out, "CapAmb:\t0000000000000400\n");
 
     // The root is read-only when the request asks for it; /tmp (a spec mount) stays writable.
     let spec = agent.spec(&[

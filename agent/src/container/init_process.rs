@@ -18,7 +18,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Uid};
 
 use super::sync::{self, FailureKind, FrameBuffer, FromInit, InitConfig, InitFailure, ToInit};
-use super::{devices, lookup, mounts, process_attrs, spec};
+use super::{capabilities, devices, lookup, mounts, process_attrs, spec};
 
 /// Terminal size (rows, cols) when the spec gives no consoleSize.
 const DEFAULT_TERMINAL_SIZE: (u16, u16) = (24, 80);
@@ -126,7 +126,18 @@ fn prepare(
         let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         Errno::result(ret).map_err(|e| InitFailure::os("no_new_privs", e))?;
     }
+    let caps = process
+        .capabilities()
+        .as_ref()
+        .map(capabilities::masks)
+        .transpose()?;
+    if let Some(caps) = &caps {
+        capabilities::prepare(caps)?;
+    }
     switch_user(process.user())?;
+    if let Some(caps) = &caps {
+        capabilities::apply(caps)?;
+    }
 
     let cwd = process.cwd();
     nix::unistd::chdir(cwd.as_path())
