@@ -61,6 +61,7 @@ pub enum ExitReason {
 #[derive(Debug)]
 pub struct VmExitNotifier {
     reason: Mutex<Option<ExitReason>>,
+    set: AtomicBool,
     evt: EventFd,
 }
 
@@ -69,6 +70,7 @@ impl VmExitNotifier {
     pub fn new() -> std::io::Result<Self> {
         Ok(VmExitNotifier {
             reason: Mutex::new(None),
+            set: AtomicBool::new(false),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
@@ -79,8 +81,14 @@ impl VmExitNotifier {
         if r.is_none() {
             *r = Some(reason);
         }
+        self.set.store(true, Ordering::SeqCst);
         // A full eventfd counter still wakes the reader, so the error can be ignored.
         let _ = self.evt.write(1);
+    }
+
+    /// Whether an exit was recorded (cheap: no lock).
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
     }
 
     /// The recorded reason.
@@ -347,6 +355,8 @@ impl Vcpu {
                 return;
             }
             match self.run_once(&ctx) {
+                // A device may have ended the VM (i8042 reset): stop running the guest.
+                Step::Continue if ctx.exit.is_set() => return,
                 Step::Continue => {}
                 Step::Stop(reason) => {
                     ctx.exit.notify(reason);
@@ -436,12 +446,14 @@ impl VcpuHandles {
     /// Stops and joins every vCPU thread.
     pub fn stop(self) {
         self.control.set(RunState::Stopping);
-        for _ in 0..200 {
+        // Kick until every thread has left KVM_RUN (a kick landing just before KVM_RUN is
+        // lost, hence the repeats); give up after about a second.
+        for _ in 0..5000 {
             if self.threads.iter().all(|t| t.is_finished()) {
                 break;
             }
             self.kick_all();
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_micros(200));
         }
         for t in self.threads {
             if t.is_finished() {
