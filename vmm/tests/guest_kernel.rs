@@ -59,7 +59,7 @@ fn guest_kernel_prints_banner_and_exact_cmdline() {
     let mut child = Command::new(BIN)
         .arg("--kernel")
         .arg(&kernel)
-        .args(["--memory-mib", "256", "--vcpus", "1"])
+        .args(["--memory-mib", "128", "--vcpus", "1"])
         .args([
             "--cmdline",
             "earlyprintk=serial,ttyS0,115200 loglevel=8 runv.test=1",
