@@ -26,6 +26,30 @@ pub struct ServeOptions {
     pub system_setup: bool,
 }
 
+/// Tells the host the agent serves: a vsock connection to the host (CID 2) on
+/// AGENT_READY_PORT carrying AGENT_READY_LINE. A host that does not listen there polls
+/// instead, so a failure is only logged.
+fn notify_ready() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    use runv_agent_protocol::{AGENT_READY_LINE, AGENT_READY_PORT};
+
+    const HOST_CID: u32 = 2;
+    let result = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .and_then(|fd| {
+            connect(fd.as_raw_fd(), &VsockAddr::new(HOST_CID, AGENT_READY_PORT))?;
+            Ok(fd)
+        })
+        .map_err(std::io::Error::from)
+        .and_then(|fd| std::fs::File::from(fd).write_all(AGENT_READY_LINE));
+    match result {
+        Ok(()) => tracing::debug!(port = AGENT_READY_PORT, "host notified"),
+        Err(err) => tracing::warn!(%err, port = AGENT_READY_PORT, "cannot notify the host"),
+    }
+}
+
 /// The address the agent listens on in the guest.
 pub fn vsock_address() -> String {
     format!("vsock://-1:{AGENT_VSOCK_PORT}")
@@ -65,6 +89,9 @@ pub async fn serve(options: ServeOptions) -> i32 {
         return 1;
     }
     tracing::info!(address = %options.address, cgroup_root = %options.cgroup_root.display(), "runv-agent serving");
+    if options.mode == Mode::Pid1 {
+        tokio::task::spawn_blocking(notify_ready);
+    }
     if options.system_setup {
         if let Err(err) = tokio::task::spawn_blocking(init::late).await {
             tracing::error!(%err, "system setup task failed");

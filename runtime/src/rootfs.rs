@@ -69,6 +69,59 @@ pub fn validate(dir: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
+/// The sandbox's shared directory, made a mount point of its own with shared propagation, so
+/// that container roots mounted into it after virtiofsd started (virtiofsd works in a mount
+/// namespace it copied at start) show up in virtiofsd's view too.
+#[derive(Debug)]
+pub struct SharedDir {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl SharedDir {
+    /// Creates `path` and turns it into a shared bind mount of itself.
+    pub fn prepare(path: &Path) -> Result<Self, RootfsError> {
+        let err = |op: &'static str| {
+            let path = path.to_path_buf();
+            move |source: std::io::Error| RootfsError::Io { op, path, source }
+        };
+        std::fs::create_dir_all(path).map_err(err("Create"))?;
+        mount(Some(path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| err("Bind-mount shared directory")(e.into()))?;
+        let mut shared = Self { path: path.to_path_buf(), mounted: true };
+        mount(None::<&str>, path, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
+            .map_err(|e| err("Make shared")(e.into()))?;
+        shared.mounted = true;
+        Ok(shared)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts it (everything below must be unmounted first, or is detached with it).
+    pub fn release(&mut self) -> Result<(), RootfsError> {
+        if self.mounted {
+            umount2(&self.path, MntFlags::MNT_DETACH).map_err(|e| RootfsError::Io {
+                op: "Unmount shared directory",
+                path: self.path.clone(),
+                source: e.into(),
+            })?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!(error = %e, "shared directory cleanup");
+        }
+    }
+}
+
 /// A container root mounted into the shared directory; unmounted on [`Self::unmount`] or drop.
 #[derive(Debug)]
 pub struct MountedRootfs {

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use runv_agent_protocol::agent as pb;
 use serde::Serialize;
 
-use crate::agent::{AgentClient, AgentError};
+use crate::agent::{AgentClient, AgentError, ReadyListener};
 use crate::config::{validate_vm_size, Config, ConfigError, HypervisorKind};
 use crate::host::{self, Choice, ChoiceError};
 use crate::hypervisor::{Hypervisor, HypervisorError, Qemu, VmSpec};
-use crate::rootfs::{MountedRootfs, RootfsError, RootfsSource};
+use crate::rootfs::{MountedRootfs, RootfsError, RootfsSource, SharedDir};
 use crate::state::{
     validate_id, ContainerState, OwnerLock, SandboxDir, SandboxState, SandboxStatus, StateError,
 };
@@ -115,6 +115,7 @@ pub struct Sandbox {
     hypervisor: Box<dyn Hypervisor>,
     agent: Option<AgentClient>,
     rootfs: BTreeMap<String, MountedRootfs>,
+    shared: Option<SharedDir>,
     created: Instant,
     timings: Timings,
     down: bool,
@@ -180,6 +181,7 @@ impl Sandbox {
             hypervisor,
             agent: None,
             rootfs: BTreeMap::new(),
+            shared: None,
             created,
             timings: Timings::default(),
             down: false,
@@ -196,11 +198,7 @@ impl Sandbox {
     async fn boot(&mut self) -> Result<(), SandboxError> {
         self.dir.save(&self.state)?;
         let shared = self.dir.shared();
-        std::fs::create_dir_all(&shared).map_err(|source| StateError::Io {
-            op: "Create",
-            path: shared.clone(),
-            source,
-        })?;
+        self.shared = Some(SharedDir::prepare(&shared)?);
         let vm = VmSpec {
             id: self.state.id.clone(),
             dir: self.dir.path().to_path_buf(),
@@ -212,6 +210,13 @@ impl Sandbox {
             shared_dir: shared,
             fs_tag: SHARED_FS_TAG.to_string(),
         };
+        // Listening for the agent's readiness notification before the VM exists: it can
+        // not come too early.
+        let ready_listener = ReadyListener::bind(&vm.vsock_uds()).map_err(|source| StateError::Io {
+            op: "Listen for the agent at",
+            path: vm.vsock_uds(),
+            source,
+        })?;
         self.timings.prepared = Some(self.created.elapsed());
         let started = self.hypervisor.start(&vm).await;
         self.state.processes = self.hypervisor.processes();
@@ -222,6 +227,7 @@ impl Sandbox {
         let hypervisor = &mut self.hypervisor;
         let waited = AgentClient::wait_ready(
             &vm.vsock_uds(),
+            &ready_listener,
             self.config.runtime.boot_timeout(),
             self.config.runtime.request_timeout(),
             || match hypervisor.check_exited() {
@@ -254,6 +260,7 @@ impl Sandbox {
             Some(ready.saturating_sub(Duration::from_secs_f64(check.uptime_seconds.max(0.0))));
         self.state.agent_version = Some(check.agent_version.clone());
         self.state.guest_kernel = Some(check.kernel_release.clone());
+        drop(ready_listener);
 
         let req = pb::CreateSandboxRequest {
             sandbox_id: self.state.id.clone(),
@@ -393,6 +400,14 @@ impl Sandbox {
         }
     }
 
+    fn release_shared(&mut self) {
+        if let Some(mut shared) = self.shared.take() {
+            if let Err(e) = shared.release() {
+                tracing::warn!(sandbox = %self.state.id, error = %e, "unmount shared directory");
+            }
+        }
+    }
+
     /// Powers the VM off (through the agent, then by force), stops every helper and unmounts
     /// every container root. `remove` also deletes the state directory; otherwise it stays,
     /// marked stopped, for inspection.
@@ -419,6 +434,7 @@ impl Sandbox {
         for id in ids {
             self.release_rootfs(&id);
         }
+        self.release_shared();
         self.state.status = SandboxStatus::Stopped;
         self.state.processes.clear();
         if remove {
@@ -447,6 +463,7 @@ impl Drop for Sandbox {
         for id in ids {
             self.release_rootfs(&id);
         }
+        self.release_shared();
         let _ = self.dir.remove();
     }
 }

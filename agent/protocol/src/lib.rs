@@ -19,5 +19,14 @@ pub mod agent_ttrpc {
 /// The vsock port runv-agent listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host port the agent connects to (guest CID 2) once it serves: its readiness
+/// notification. The agent writes [`AGENT_READY_LINE`] and closes. The host connects to the
+/// agent only after this, since a connection request that reaches the guest before its vsock
+/// driver is up can be lost.
+pub const AGENT_READY_PORT: u32 = 1025;
+
+/// What the agent writes on the readiness connection.
+pub const AGENT_READY_LINE: &[u8] = b"READY\n";
+
 /// The largest chunk of stdio moved in one request.
 pub const MAX_STDIO_CHUNK: u32 = 128 * 1024;

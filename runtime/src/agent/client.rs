@@ -8,6 +8,7 @@ use runv_agent_protocol::agent_ttrpc;
 use runv_agent_protocol::{AGENT_VSOCK_PORT, MAX_STDIO_CHUNK};
 
 use super::hvsock::{connect_hybrid_vsock, HvsockError};
+use super::ready::ReadyListener;
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -105,17 +106,42 @@ impl AgentClient {
         Ok(Self { inner: agent_ttrpc::AgentClient::new(client), timeout: request_timeout })
     }
 
-    /// Connects as soon as the guest agent listens, retrying until `boot_timeout`. `alive` is
-    /// asked between attempts and ends the wait early with its error (the VM died).
+    /// Waits for the agent's readiness notification on `ready`, then connects through the
+    /// hybrid-vsock socket `uds` and checks the agent answers. `alive` is asked while
+    /// waiting and ends the wait early with its error (the VM died).
     pub async fn wait_ready<E>(
         uds: &Path,
+        ready: &ReadyListener,
         boot_timeout: Duration,
         request_timeout: Duration,
         mut alive: impl FnMut() -> Result<(), E>,
     ) -> Result<Result<(Self, pb::CheckResponse), AgentError>, E> {
-        let start = Instant::now();
-        let mut last = String::from("not attempted");
-        while start.elapsed() < boot_timeout {
+        let deadline = Instant::now() + boot_timeout;
+        let not_ready = |last: String| AgentError::NotReady { timeout: boot_timeout, last };
+        // One accept future lives across the liveness ticks: cancelling it could drop a
+        // connection whose line is still to be read.
+        let accept = ready.accept_ready();
+        tokio::pin!(accept);
+        loop {
+            alive()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Err(not_ready("no readiness notification from the guest".to_string())));
+            }
+            let tick = (deadline - now).min(Duration::from_millis(20));
+            tokio::select! {
+                result = &mut accept => match result {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "readiness connection");
+                        accept.set(ready.accept_ready());
+                    }
+                },
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+        let mut last = String::new();
+        while Instant::now() < deadline {
             alive()?;
             match connect_hybrid_vsock(uds, AGENT_VSOCK_PORT, request_timeout).await {
                 Ok(stream) => {
@@ -134,9 +160,9 @@ impl AgentClient {
                     last = error_chain(&e);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(Err(AgentError::NotReady { timeout: boot_timeout, last }))
+        Ok(Err(not_ready(last)))
     }
 
     fn ctx(&self) -> ttrpc::context::Context {
