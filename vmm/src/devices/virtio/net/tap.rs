@@ -8,9 +8,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use super::queue::{FrameSink, VNET_HDR_LEN};
 
 // ioctl numbers from <linux/if_tun.h>: _IOW('T', nr, int).
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::Ioctl = 0x4004_54d8;
 /// [`VNET_HDR_LEN`] as the C int TUNSETVNETHDRSZ takes.
 const VNET_HDR_LEN_C: libc::c_int = 12;
 const _: () = assert!(VNET_HDR_LEN_C as usize == VNET_HDR_LEN);
