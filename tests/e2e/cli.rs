@@ -1,6 +1,6 @@
 //! `runv check`, `runv sandbox list`, and configuration errors, against the real install.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runv_tests::*;
 
@@ -70,24 +70,7 @@ fn sandbox_list_shows_a_running_sandbox() {
             "trap 'exit 42' TERM; while :; do sleep 0.1; done"]);
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn runv");
-        let start = Instant::now();
-        let entry = loop {
-            let out = run_with_limit(
-                { let mut c = runv(); c.args(["sandbox", "list", "--json"]); c },
-                None,
-                Duration::from_secs(10),
-            );
-            let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json");
-            let found = json.as_array().unwrap().iter().find(|s| s["id"] == name.as_str()).cloned();
-            if let Some(entry) = found.filter(|e| e["containers"][0]["guest_pid"].is_number()) {
-                break entry;
-            }
-            if start.elapsed() > Duration::from_secs(90) {
-                let _ = child.kill();
-                panic!("{name} never listed as running: {json}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let entry = wait_until_started(&name, &mut child, Duration::from_secs(90));
         assert_eq!(entry["live_status"], "running", "{entry}");
         let names: Vec<&str> =
             entry["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();

@@ -168,3 +168,27 @@ pub fn config_file(dir: &Path, toml: &str) -> PathBuf {
     std::fs::write(&path, toml).expect("write config");
     path
 }
+
+/// Waits until `runv sandbox list` shows sandbox `name` with its container started; kills
+/// `child` (the `runv run` of it) and fails if that takes longer than `limit`.
+pub fn wait_until_started(name: &str, child: &mut std::process::Child, limit: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let mut cmd = runv();
+        cmd.args(["sandbox", "list", "--json"]);
+        let out = run_with_limit(cmd, None, Duration::from_secs(10));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sandbox list --json");
+        let found = json.as_array().and_then(|a| a.iter().find(|s| s["id"] == name).cloned());
+        if let Some(entry) = found.filter(|e| e["containers"][0]["guest_pid"].is_number()) {
+            return entry;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("runv run of {name} ended ({status}) before its container started");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{name} not started within {limit:?}: {json}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

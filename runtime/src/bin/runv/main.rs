@@ -1,6 +1,7 @@
 //! `runv`: run containers in microVMs by hand, and inspect the sandboxes on this host.
 
 mod check;
+mod kill;
 mod run;
 mod sandbox_cmd;
 mod stdio;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run a command in a container in a new sandbox VM.
     Run(run::RunArgs),
+    /// Send a signal to a container (as `runc kill`).
+    Kill(kill::KillArgs),
     /// Report what this host offers and which backend runv would use.
     Check(check::CheckArgs),
     /// Inspect and manage sandboxes.
@@ -83,6 +86,10 @@ fn main() {
             Err(code) => code,
         },
         Command::Check(args) => check::main(args),
+        Command::Kill(args) => match load_config() {
+            Ok(config) => kill::main(args, config),
+            Err(code) => code,
+        },
         Command::Sandbox(cmd) => match load_config() {
             Ok(config) => sandbox_cmd::main(cmd, config),
             Err(code) => code,
