@@ -37,13 +37,18 @@ fn notify_ready() {
     use runv_agent_protocol::{AGENT_READY_LINE, AGENT_READY_PORT};
 
     const HOST_CID: u32 = 2;
-    let result = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .and_then(|fd| {
-            connect(fd.as_raw_fd(), &VsockAddr::new(HOST_CID, AGENT_READY_PORT))?;
-            Ok(fd)
-        })
-        .map_err(std::io::Error::from)
-        .and_then(|fd| std::fs::File::from(fd).write_all(AGENT_READY_LINE));
+    let result = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        connect(fd.as_raw_fd(), &VsockAddr::new(HOST_CID, AGENT_READY_PORT))?;
+        Ok(fd)
+    })
+    .map_err(std::io::Error::from)
+    .and_then(|fd| std::fs::File::from(fd).write_all(AGENT_READY_LINE));
     match result {
         Ok(()) => tracing::debug!(port = AGENT_READY_PORT, "host notified"),
         Err(err) => tracing::warn!(%err, port = AGENT_READY_PORT, "cannot notify the host"),

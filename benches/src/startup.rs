@@ -33,14 +33,42 @@ struct RunTimings {
 fn phases(t: &RunTimings) -> Vec<(&'static str, Option<Duration>, Option<Duration>)> {
     let zero = Some(Duration::ZERO);
     vec![
-        ("runtime prepare (checks, state dir)", zero, t.sandbox.prepared),
-        ("hypervisor spawn (daemons + VMM)", t.sandbox.prepared, t.sandbox.hypervisor_started),
-        ("VMM start to kernel entry", t.sandbox.hypervisor_started, t.sandbox.kernel_started),
-        ("kernel boot to agent ready", t.sandbox.kernel_started, t.sandbox.agent_ready),
-        ("sandbox setup (shared fs mount)", t.sandbox.agent_ready, t.sandbox.sandbox_ready),
-        ("container create", t.sandbox.sandbox_ready, t.container_created),
+        (
+            "runtime prepare (checks, state dir)",
+            zero,
+            t.sandbox.prepared,
+        ),
+        (
+            "hypervisor spawn (daemons + VMM)",
+            t.sandbox.prepared,
+            t.sandbox.hypervisor_started,
+        ),
+        (
+            "VMM start to kernel entry",
+            t.sandbox.hypervisor_started,
+            t.sandbox.kernel_started,
+        ),
+        (
+            "kernel boot to agent ready",
+            t.sandbox.kernel_started,
+            t.sandbox.agent_ready,
+        ),
+        (
+            "sandbox setup (shared fs mount)",
+            t.sandbox.agent_ready,
+            t.sandbox.sandbox_ready,
+        ),
+        (
+            "container create",
+            t.sandbox.sandbox_ready,
+            t.container_created,
+        ),
         ("container start", t.container_created, t.container_started),
-        ("container run to exit", t.container_started, t.container_exited),
+        (
+            "container run to exit",
+            t.container_started,
+            t.container_exited,
+        ),
         ("teardown", t.container_exited, t.teardown_done),
     ]
 }
@@ -56,11 +84,17 @@ fn stats(values: &mut [f64]) -> (f64, f64, f64) {
 }
 
 fn main() -> Result<()> {
-    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
     if runs == 0 {
         bail!("RUNS must be at least 1");
     }
-    let runv = std::env::var_os("RUNV_BIN").map(PathBuf::from).unwrap_or_else(|| "/usr/local/bin/runv".into());
+    let runv = std::env::var_os("RUNV_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/local/bin/runv".into());
     let out_dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
@@ -88,7 +122,10 @@ fn main() -> Result<()> {
                 if !order.contains(&name) {
                     order.push(name);
                 }
-                samples.entry(name).or_default().push(to.saturating_sub(from).as_secs_f64() * 1000.0);
+                samples
+                    .entry(name)
+                    .or_default()
+                    .push(to.saturating_sub(from).as_secs_f64() * 1000.0);
             }
         }
     }
@@ -100,22 +137,35 @@ fn main() -> Result<()> {
         let (min, med, max) = stats(samples.get_mut(name).expect("sampled"));
         medians.insert(*name, med);
         println!("| {name} | {min:.1} | {med:.1} | {max:.1} |");
-        report.insert(name.to_string(), serde_json::json!({"min_ms": min, "median_ms": med, "max_ms": max}));
+        report.insert(
+            name.to_string(),
+            serde_json::json!({"min_ms": min, "median_ms": med, "max_ms": max}),
+        );
     }
     let (min, med, max) = stats(&mut wall);
     println!("| **wall time** | {min:.1} | {med:.1} | {max:.1} |");
-    report.insert("wall".into(), serde_json::json!({"min_ms": min, "median_ms": med, "max_ms": max}));
+    report.insert(
+        "wall".into(),
+        serde_json::json!({"min_ms": min, "median_ms": med, "max_ms": max}),
+    );
     // The guest's own time: booting its kernel and running the command. The rest is runv's.
-    let guest: f64 = ["VMM start to kernel entry", "kernel boot to agent ready", "container run to exit"]
-        .iter()
-        .filter_map(|n| medians.get(n))
-        .sum();
+    let guest: f64 = [
+        "VMM start to kernel entry",
+        "kernel boot to agent ready",
+        "container run to exit",
+    ]
+    .iter()
+    .filter_map(|n| medians.get(n))
+    .sum();
     let own = (med - guest).max(0.0);
     println!(
         "\nruntime's own share of the median run: {own:.1} ms of {med:.1} ms ({:.1}%); guest boot and run: {guest:.1} ms",
         own / med * 100.0
     );
     report.insert("runtime_own_ms".into(), serde_json::json!(own));
-    std::fs::write(out_dir.join("startup.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        out_dir.join("startup.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     Ok(())
 }

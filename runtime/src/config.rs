@@ -63,7 +63,9 @@ impl std::str::FromStr for HypervisorKind {
             "auto" => Ok(Self::Auto),
             "qemu" => Ok(Self::Qemu),
             "builtin" => Ok(Self::Builtin),
-            other => Err(format!("unknown hypervisor {other:?} (expected auto, qemu or builtin)")),
+            other => Err(format!(
+                "unknown hypervisor {other:?} (expected auto, qemu or builtin)"
+            )),
         }
     }
 }
@@ -245,7 +247,10 @@ impl Config {
         }
         let path = Path::new(DEFAULT_CONFIG_PATH);
         if path.exists() {
-            return Ok((Self::from_file(path)?, ConfigSource::File(path.to_path_buf())));
+            return Ok((
+                Self::from_file(path)?,
+                ConfigSource::File(path.to_path_buf()),
+            ));
         }
         Ok((Self::default(), ConfigSource::Defaults))
     }
@@ -272,7 +277,10 @@ impl Config {
         {
             return Err(ConfigError::Invalid {
                 key: "runtime.guest_log_level",
-                reason: format!("{:?} is not one of error, warn, info, debug, trace", self.runtime.guest_log_level),
+                reason: format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    self.runtime.guest_log_level
+                ),
             });
         }
         if self.runtime.boot_timeout_ms == 0 || self.runtime.request_timeout_ms == 0 {
@@ -315,7 +323,10 @@ pub fn resolve_binary(name: &Path) -> Option<PathBuf> {
     }
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_var)
-        .chain([PathBuf::from("/usr/local/bin"), PathBuf::from("/usr/libexec")])
+        .chain([
+            PathBuf::from("/usr/local/bin"),
+            PathBuf::from("/usr/libexec"),
+        ])
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
 }
@@ -351,7 +362,10 @@ mod tests {
     #[test]
     fn unknown_kind_is_rejected() {
         assert!(toml::from_str::<Config>("[hypervisor]\nkind = \"xen\"\n").is_err());
-        assert_eq!("builtin".parse::<HypervisorKind>(), Ok(HypervisorKind::Builtin));
+        assert_eq!(
+            "builtin".parse::<HypervisorKind>(),
+            Ok(HypervisorKind::Builtin)
+        );
         assert!("xen".parse::<HypervisorKind>().is_err());
     }
 

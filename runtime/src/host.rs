@@ -36,7 +36,9 @@ impl std::fmt::Display for KvmKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KvmKind::Hardware { module } => write!(f, "hardware KVM ({module})"),
-            KvmKind::Pvm => f.write_str("kvm-pvm (software virtualization; cannot boot a Linux guest)"),
+            KvmKind::Pvm => {
+                f.write_str("kvm-pvm (software virtualization; cannot boot a Linux guest)")
+            }
             KvmKind::Absent { reason } => write!(f, "none ({reason})"),
         }
     }
@@ -51,10 +53,19 @@ pub fn detect_kvm() -> KvmKind {
 pub fn detect_kvm_in(root: &Path) -> KvmKind {
     let dev = root.join("dev/kvm");
     if !dev.exists() {
-        return KvmKind::Absent { reason: "/dev/kvm does not exist".to_string() };
+        return KvmKind::Absent {
+            reason: "/dev/kvm does not exist".to_string(),
+        };
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open(&dev).is_err() {
-        return KvmKind::Absent { reason: "/dev/kvm cannot be opened read-write".to_string() };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .is_err()
+    {
+        return KvmKind::Absent {
+            reason: "/dev/kvm cannot be opened read-write".to_string(),
+        };
     }
     let modules = root.join("sys/module");
     if modules.join("kvm_pvm").exists() {
@@ -62,11 +73,15 @@ pub fn detect_kvm_in(root: &Path) -> KvmKind {
     }
     for module in ["kvm_intel", "kvm_amd"] {
         if modules.join(module).exists() {
-            return KvmKind::Hardware { module: module.to_string() };
+            return KvmKind::Hardware {
+                module: module.to_string(),
+            };
         }
     }
     if cfg!(target_arch = "aarch64") {
-        return KvmKind::Hardware { module: "kvm (arm64)".to_string() };
+        return KvmKind::Hardware {
+            module: "kvm (arm64)".to_string(),
+        };
     }
     // KVM built into the host kernel shows no module directory of its own; the CPU flags
     // then tell hardware support apart.
@@ -78,7 +93,9 @@ pub fn detect_kvm_in(root: &Path) -> KvmKind {
             .any(|l| l.split_whitespace().any(|w| w == flag))
     };
     if has_flag("vmx") || has_flag("svm") {
-        return KvmKind::Hardware { module: "kvm (built in)".to_string() };
+        return KvmKind::Hardware {
+            module: "kvm (built in)".to_string(),
+        };
     }
     KvmKind::Absent {
         reason: "/dev/kvm exists but neither kvm_intel, kvm_amd nor vmx/svm CPU flags were found"
@@ -174,7 +191,10 @@ pub fn choose(
 }
 
 /// [`choose`] with the config's values and this host's KVM.
-pub fn choose_for(config: &Config, kind_override: Option<HypervisorKind>) -> Result<Choice, ChoiceError> {
+pub fn choose_for(
+    config: &Config,
+    kind_override: Option<HypervisorKind>,
+) -> Result<Choice, ChoiceError> {
     choose(
         kind_override.unwrap_or(config.hypervisor.kind),
         config.hypervisor.accel,
@@ -194,31 +214,51 @@ mod tests {
             std::fs::create_dir_all(root.path().join("sys/module").join(m)).unwrap();
         }
         std::fs::create_dir_all(root.path().join("proc")).unwrap();
-        std::fs::write(root.path().join("proc/cpuinfo"), format!("flags\t: fpu {cpu_flags}\n")).unwrap();
+        std::fs::write(
+            root.path().join("proc/cpuinfo"),
+            format!("flags\t: fpu {cpu_flags}\n"),
+        )
+        .unwrap();
         root
     }
 
     #[test]
     fn detects_pvm_hardware_and_absence() {
-        assert_eq!(detect_kvm_in(fake_root(&["kvm", "kvm_pvm"], "").path()), KvmKind::Pvm);
+        assert_eq!(
+            detect_kvm_in(fake_root(&["kvm", "kvm_pvm"], "").path()),
+            KvmKind::Pvm
+        );
         assert_eq!(
             detect_kvm_in(fake_root(&["kvm", "kvm_intel"], "vmx").path()),
-            KvmKind::Hardware { module: "kvm_intel".into() }
+            KvmKind::Hardware {
+                module: "kvm_intel".into()
+            }
         );
         if cfg!(target_arch = "x86_64") {
-            assert!(matches!(detect_kvm_in(fake_root(&["kvm"], "").path()), KvmKind::Absent { .. }));
+            assert!(matches!(
+                detect_kvm_in(fake_root(&["kvm"], "").path()),
+                KvmKind::Absent { .. }
+            ));
         }
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(detect_kvm_in(empty.path()), KvmKind::Absent { .. }));
+        assert!(matches!(
+            detect_kvm_in(empty.path()),
+            KvmKind::Absent { .. }
+        ));
     }
 
     #[test]
     fn auto_picks_tcg_on_pvm_and_builtin_on_hardware() {
         let c = choose(HypervisorKind::Auto, AccelChoice::Auto, &KvmKind::Pvm).unwrap();
         assert_eq!((c.hypervisor, c.accel), (HypervisorKind::Qemu, Accel::Tcg));
-        let hw = KvmKind::Hardware { module: "kvm_intel".into() };
+        let hw = KvmKind::Hardware {
+            module: "kvm_intel".into(),
+        };
         let c = choose(HypervisorKind::Auto, AccelChoice::Auto, &hw).unwrap();
-        assert_eq!((c.hypervisor, c.accel), (HypervisorKind::Builtin, Accel::Kvm));
+        assert_eq!(
+            (c.hypervisor, c.accel),
+            (HypervisorKind::Builtin, Accel::Kvm)
+        );
         let c = choose(HypervisorKind::Qemu, AccelChoice::Auto, &hw).unwrap();
         assert_eq!((c.hypervisor, c.accel), (HypervisorKind::Qemu, Accel::Kvm));
     }
@@ -227,7 +267,9 @@ mod tests {
     fn impossible_choices_are_errors() {
         assert!(choose(HypervisorKind::Builtin, AccelChoice::Auto, &KvmKind::Pvm).is_err());
         assert!(choose(HypervisorKind::Qemu, AccelChoice::Kvm, &KvmKind::Pvm).is_err());
-        let hw = KvmKind::Hardware { module: "kvm_amd".into() };
+        let hw = KvmKind::Hardware {
+            module: "kvm_amd".into(),
+        };
         assert!(choose(HypervisorKind::Builtin, AccelChoice::Tcg, &hw).is_err());
     }
 }

@@ -48,8 +48,15 @@ impl Helper {
     /// Spawn only from a thread that lives as long as the sandbox (the death signal follows
     /// the spawning thread): runv's runtime threads do.
     pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Self, ProcessError> {
-        let log_err = |source| ProcessError::Log { path: log.to_path_buf(), source };
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(log_err)?;
+        let log_err = |source| ProcessError::Log {
+            path: log.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(log_err)?;
         let file2 = file.try_clone().map_err(log_err)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(file))
@@ -71,10 +78,18 @@ impl Helper {
             });
         }
         let program = PathBuf::from(cmd.as_std().get_program());
-        let child = cmd.spawn().map_err(|source| ProcessError::Spawn { program, source })?;
+        let child = cmd
+            .spawn()
+            .map_err(|source| ProcessError::Spawn { program, source })?;
         let pid = child.id().unwrap_or_default();
         tracing::debug!(name, pid, "started");
-        Ok(Self { name, child, pid, log: log.to_path_buf(), exited: None })
+        Ok(Self {
+            name,
+            child,
+            pid,
+            log: log.to_path_buf(),
+            exited: None,
+        })
     }
 
     /// The helper's name, e.g. `qemu`.
@@ -120,7 +135,11 @@ impl Helper {
             if let Ok(status) = tokio::time::timeout(grace, self.wait()).await {
                 return status;
             }
-            tracing::debug!(name = self.name, pid = self.pid, "did not exit in time; killing");
+            tracing::debug!(
+                name = self.name,
+                pid = self.pid,
+                "did not exit in time; killing"
+            );
         }
         if self.try_exited().is_none() {
             // Kill the whole process group: helpers may have children of their own.
@@ -148,7 +167,9 @@ impl Drop for Helper {
         if self.try_exited().is_some() {
             return;
         }
-        let Ok(pid) = i32::try_from(self.pid) else { return };
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return;
+        };
         let pid = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -194,11 +215,18 @@ mod tests {
 
     #[test]
     fn missing_program_is_a_clear_error() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let _guard = rt.enter();
         let dir = tempfile::tempdir().unwrap();
-        let err = Helper::spawn("x", Command::new("/nonexistent/prog"), &dir.path().join("x.log"))
-            .unwrap_err();
+        let err = Helper::spawn(
+            "x",
+            Command::new("/nonexistent/prog"),
+            &dir.path().join("x.log"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/prog"), "{err}");
     }
 }

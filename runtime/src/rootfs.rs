@@ -56,13 +56,22 @@ pub fn validate(dir: &Path) -> Result<(), RootfsError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(RootfsError::Missing(dir.to_path_buf()))
         }
-        Err(source) => return Err(RootfsError::Io { op: "Stat", path: dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(RootfsError::Io {
+                op: "Stat",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     if !meta.is_dir() {
         return Err(RootfsError::NotADirectory(dir.to_path_buf()));
     }
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(|source| RootfsError::Io { op: "Read", path: dir.to_path_buf(), source })?;
+    let mut entries = std::fs::read_dir(dir).map_err(|source| RootfsError::Io {
+        op: "Read",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     if entries.next().is_none() {
         return Err(RootfsError::Empty(dir.to_path_buf()));
     }
@@ -86,11 +95,26 @@ impl SharedDir {
             move |source: std::io::Error| RootfsError::Io { op, path, source }
         };
         std::fs::create_dir_all(path).map_err(err("Create"))?;
-        mount(Some(path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| err("Bind-mount shared directory")(e.into()))?;
-        let mut shared = Self { path: path.to_path_buf(), mounted: true };
-        mount(None::<&str>, path, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
-            .map_err(|e| err("Make shared")(e.into()))?;
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| err("Bind-mount shared directory")(e.into()))?;
+        let mut shared = Self {
+            path: path.to_path_buf(),
+            mounted: true,
+        };
+        mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(|e| err("Make shared")(e.into()))?;
         shared.mounted = true;
         Ok(shared)
     }
@@ -133,18 +157,32 @@ pub struct MountedRootfs {
 impl MountedRootfs {
     /// Mounts `source` at `target` (created if needed). An overlay keeps its upper and work
     /// directories in `scratch`, outside what the guest sees.
-    pub fn mount(source: &RootfsSource, target: &Path, scratch: &Path) -> Result<Self, RootfsError> {
+    pub fn mount(
+        source: &RootfsSource,
+        target: &Path,
+        scratch: &Path,
+    ) -> Result<Self, RootfsError> {
         validate(source.dir())?;
         let err = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source: std::io::Error| RootfsError::Io { op, path, source }
         };
         std::fs::create_dir_all(target).map_err(err("Create", target))?;
-        let mut mounted = Self { target: target.to_path_buf(), scratch: None, mounted: false };
+        let mut mounted = Self {
+            target: target.to_path_buf(),
+            scratch: None,
+            mounted: false,
+        };
         match source {
             RootfsSource::Bind(dir) => {
-                mount(Some(dir), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(|e| err("Bind-mount rootfs at", target)(e.into()))?;
+                mount(
+                    Some(dir),
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| err("Bind-mount rootfs at", target)(e.into()))?;
             }
             RootfsSource::Overlay(dir) => {
                 let upper = scratch.join("upper");
@@ -158,8 +196,14 @@ impl MountedRootfs {
                     upper.display(),
                     work.display()
                 );
-                mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-                    .map_err(|e| err("Mount overlay rootfs at", target)(e.into()))?;
+                mount(
+                    Some("overlay"),
+                    target,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(options.as_str()),
+                )
+                .map_err(|e| err("Mount overlay rootfs at", target)(e.into()))?;
             }
         }
         mounted.mounted = true;
@@ -186,8 +230,11 @@ impl MountedRootfs {
             self.mounted = false;
         }
         if let Some(scratch) = self.scratch.take() {
-            std::fs::remove_dir_all(&scratch)
-                .map_err(|source| RootfsError::Io { op: "Remove", path: scratch, source })?;
+            std::fs::remove_dir_all(&scratch).map_err(|source| RootfsError::Io {
+                op: "Remove",
+                path: scratch,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -209,11 +256,17 @@ mod tests {
     fn validate_names_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        assert_eq!(validate(&missing).unwrap_err().to_string(), format!("Rootfs {} does not exist", missing.display()));
+        assert_eq!(
+            validate(&missing).unwrap_err().to_string(),
+            format!("Rootfs {} does not exist", missing.display())
+        );
         assert!(matches!(validate(dir.path()), Err(RootfsError::Empty(_))));
         let file = dir.path().join("f");
         std::fs::write(&file, "x").unwrap();
-        assert!(matches!(validate(&file), Err(RootfsError::NotADirectory(_))));
+        assert!(matches!(
+            validate(&file),
+            Err(RootfsError::NotADirectory(_))
+        ));
         validate(dir.path()).unwrap();
     }
 
@@ -235,21 +288,33 @@ mod tests {
         std::fs::write(image.join("hello"), "hi").unwrap();
 
         let target = dir.path().join("bind");
-        let mut m = MountedRootfs::mount(&RootfsSource::Bind(image.clone()), &target, &dir.path().join("s1")).unwrap();
+        let mut m = MountedRootfs::mount(
+            &RootfsSource::Bind(image.clone()),
+            &target,
+            &dir.path().join("s1"),
+        )
+        .unwrap();
         assert!(is_mount_point(&target));
         std::fs::write(target.join("written"), "w").unwrap();
         m.unmount().unwrap();
         assert!(!is_mount_point(&target));
-        assert!(image.join("written").exists(), "a bind rootfs keeps the container's writes");
+        assert!(
+            image.join("written").exists(),
+            "a bind rootfs keeps the container's writes"
+        );
 
         let target = dir.path().join("ovl");
         let scratch = dir.path().join("s2");
-        let m = MountedRootfs::mount(&RootfsSource::Overlay(image.clone()), &target, &scratch).unwrap();
+        let m =
+            MountedRootfs::mount(&RootfsSource::Overlay(image.clone()), &target, &scratch).unwrap();
         assert_eq!(std::fs::read_to_string(target.join("hello")).unwrap(), "hi");
         std::fs::write(target.join("new"), "n").unwrap();
         drop(m);
         assert!(!is_mount_point(&target));
-        assert!(!image.join("new").exists(), "an overlay rootfs leaves the image untouched");
+        assert!(
+            !image.join("new").exists(),
+            "an overlay rootfs leaves the image untouched"
+        );
         assert!(!scratch.exists());
     }
 }

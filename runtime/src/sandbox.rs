@@ -123,12 +123,18 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox").field("id", &self.state.id).field("status", &self.state.status).finish()
+        f.debug_struct("Sandbox")
+            .field("id", &self.state.id)
+            .field("status", &self.state.status)
+            .finish()
     }
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// The guest kernel command line runv boots with.
@@ -212,11 +218,12 @@ impl Sandbox {
         };
         // Listening for the agent's readiness notification before the VM exists: it can
         // not come too early.
-        let ready_listener = ReadyListener::bind(&vm.vsock_uds()).map_err(|source| StateError::Io {
-            op: "Listen for the agent at",
-            path: vm.vsock_uds(),
-            source,
-        })?;
+        let ready_listener =
+            ReadyListener::bind(&vm.vsock_uds()).map_err(|source| StateError::Io {
+                op: "Listen for the agent at",
+                path: vm.vsock_uds(),
+                source,
+            })?;
         self.timings.prepared = Some(self.created.elapsed());
         let started = self.hypervisor.start(&vm).await;
         self.state.processes = self.hypervisor.processes();
@@ -343,7 +350,11 @@ impl Sandbox {
             oci_spec_json: spec_json,
             rootfs: protobuf::MessageField::some(pb::Rootfs {
                 path: format!("{GUEST_SHARED_DIR}/{id}/rootfs"),
-                readonly: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+                readonly: spec
+                    .root()
+                    .as_ref()
+                    .and_then(|r| r.readonly())
+                    .unwrap_or(false),
                 ..Default::default()
             }),
             ..Default::default()
@@ -354,7 +365,11 @@ impl Sandbox {
         }
         self.state.containers.push(ContainerState {
             id: id.to_string(),
-            args: spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default(),
+            args: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().clone())
+                .unwrap_or_default(),
             guest_pid: None,
             exit_status: None,
         });
@@ -385,7 +400,10 @@ impl Sandbox {
         if !self.rootfs.contains_key(id) {
             return Err(SandboxError::ContainerNotFound(id.to_string()));
         }
-        let removed = self.agent()?.remove_container(id, Duration::from_millis(500)).await;
+        let removed = self
+            .agent()?
+            .remove_container(id, Duration::from_millis(500))
+            .await;
         self.release_rootfs(id);
         self.state.containers.retain(|c| c.id != id);
         self.dir.save(&self.state)?;
@@ -489,7 +507,10 @@ mod tests {
         let mut config = Config::default();
         config.hypervisor.kernel_params = " foo=1 ".into();
         let cmdline = kernel_cmdline(&config);
-        assert!(cmdline.starts_with("console=ttyS0 reboot=t panic=-1 rdinit=/init"), "{cmdline}");
+        assert!(
+            cmdline.starts_with("console=ttyS0 reboot=t panic=-1 rdinit=/init"),
+            "{cmdline}"
+        );
         assert!(cmdline.ends_with(" foo=1"), "{cmdline}");
         assert!(cmdline.contains("runv.log=warn"));
     }
@@ -502,9 +523,15 @@ mod tests {
         config.guest.kernel = root.path().join("no-such-vmlinux");
         config.hypervisor.kind = HypervisorKind::Qemu;
         config.hypervisor.accel = crate::config::AccelChoice::Tcg;
-        let err = Sandbox::create(&config, SandboxOptions { id: Some("t".into()), ..Default::default() })
-            .await
-            .unwrap_err();
+        let err = Sandbox::create(
+            &config,
+            SandboxOptions {
+                id: Some("t".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("no-such-vmlinux"), "{err}");
         assert!(!root.path().join("t").exists());
     }

@@ -59,7 +59,11 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), SpecError> {
         None => (user, None),
     };
     let uid = uid.parse().map_err(|_| bad())?;
-    let gid = gid.map(str::parse).transpose().map_err(|_| bad())?.unwrap_or(0);
+    let gid = gid
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| bad())?
+        .unwrap_or(0);
     Ok((uid, gid))
 }
 
@@ -129,7 +133,9 @@ pub fn build(opts: &ProcessOptions) -> Result<Spec, SpecError> {
     let mut spec = Spec::default();
     spec.set_process(Some(process));
     spec.set_root(Some(root));
-    spec.set_hostname(Some(opts.hostname.clone().unwrap_or_else(|| "runv".to_string())));
+    spec.set_hostname(Some(
+        opts.hostname.clone().unwrap_or_else(|| "runv".to_string()),
+    ));
     if let Some(linux) = spec.linux_mut() {
         let namespaces = [
             LinuxNamespaceType::Pid,
@@ -160,7 +166,10 @@ mod tests {
     use super::*;
 
     fn opts(args: &[&str]) -> ProcessOptions {
-        ProcessOptions { args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        ProcessOptions {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -174,10 +183,23 @@ mod tests {
 
     #[test]
     fn env_overrides_replace_in_place() {
-        let env = merge_env(&[DEFAULT_PATH.into(), "A=1".into()], &["A=2".into(), "B=x=y".into()]).unwrap();
-        assert_eq!(env, vec![DEFAULT_PATH.to_string(), "A=2".into(), "B=x=y".into()]);
-        assert!(matches!(merge_env(&[], &["NOEQ".into()]), Err(SpecError::BadEnv(_))));
-        assert!(matches!(merge_env(&[], &["=v".into()]), Err(SpecError::BadEnv(_))));
+        let env = merge_env(
+            &[DEFAULT_PATH.into(), "A=1".into()],
+            &["A=2".into(), "B=x=y".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            env,
+            vec![DEFAULT_PATH.to_string(), "A=2".into(), "B=x=y".into()]
+        );
+        assert!(matches!(
+            merge_env(&[], &["NOEQ".into()]),
+            Err(SpecError::BadEnv(_))
+        ));
+        assert!(matches!(
+            merge_env(&[], &["=v".into()]),
+            Err(SpecError::BadEnv(_))
+        ));
     }
 
     #[test]

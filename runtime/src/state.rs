@@ -59,7 +59,9 @@ pub fn validate_id(id: &str) -> Result<(), StateError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {
@@ -76,7 +78,8 @@ pub fn random_id() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        bytes = (now as u64 ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+        let low = u64::try_from(now & u128::from(u64::MAX)).unwrap_or_default();
+        bytes = (low ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -152,7 +155,9 @@ impl SandboxDir {
     /// The directory of sandbox `id` under `state_dir`; nothing is touched.
     pub fn new(state_dir: &Path, id: &str) -> Result<Self, StateError> {
         validate_id(id)?;
-        Ok(Self { path: state_dir.join(id) })
+        Ok(Self {
+            path: state_dir.join(id),
+        })
     }
 
     /// Creates the directory, failing if it exists, and takes the owner lock.
@@ -204,7 +209,11 @@ impl SandboxDir {
         let path = self.state_file();
         let text = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StateError::NotFound(
-                self.path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                self.path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
             ),
             _ => io("Read", &path)(e),
         })?;
@@ -213,7 +222,9 @@ impl SandboxDir {
 
     /// Whether a live process holds the owner lock.
     pub fn owner_alive(&self) -> bool {
-        let Ok(file) = File::open(self.path.join("lock")) else { return false };
+        let Ok(file) = File::open(self.path.join("lock")) else {
+            return false;
+        };
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
             Ok(_unlocked_on_drop) => false,
             Err(_) => true,
@@ -304,7 +315,10 @@ mod tests {
             accel: "tcg".into(),
             vcpus: 1,
             memory_mib: 256,
-            processes: vec![ProcessInfo { name: "qemu".into(), pid: 42 }],
+            processes: vec![ProcessInfo {
+                name: "qemu".into(),
+                pid: 42,
+            }],
             containers: vec![],
             agent_version: None,
             guest_kernel: None,

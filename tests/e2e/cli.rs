@@ -7,11 +7,21 @@ use runv_tests::*;
 #[test]
 fn check_reports_the_host_and_the_choice() {
     let out = run_with_limit(
-        { let mut c = runv(); c.args(["check", "--json"]); c },
+        {
+            let mut c = runv();
+            c.args(["check", "--json"]);
+            c
+        },
         None,
         Duration::from_secs(20),
     );
-    assert_eq!(out.status.code(), Some(0), "stdout {} stderr {}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout {} stderr {}",
+        stdout(&out),
+        stderr(&out)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
     assert_eq!(report["can_run"], true);
     let kvm_kind = report["kvm"]["kind"].as_str().unwrap().to_string();
@@ -27,23 +37,48 @@ fn check_reports_the_host_and_the_choice() {
         assert_eq!(report["hypervisor"], "qemu", "{report}");
         assert_eq!(report["accel"], "tcg", "{report}");
     }
-    for item in ["qemu", "virtiofsd", "vhost-device-vsock", "guest kernel", "guest initramfs"] {
-        let entry = report["items"].as_array().unwrap().iter().find(|i| i["name"] == item);
-        assert_eq!(entry.map(|e| e["ok"].clone()), Some(serde_json::Value::Bool(true)), "{item}: {report}");
+    for item in [
+        "qemu",
+        "virtiofsd",
+        "vhost-device-vsock",
+        "guest kernel",
+        "guest initramfs",
+    ] {
+        let entry = report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == item);
+        assert_eq!(
+            entry.map(|e| e["ok"].clone()),
+            Some(serde_json::Value::Bool(true)),
+            "{item}: {report}"
+        );
     }
 }
 
 #[test]
 fn check_fails_with_the_reason_when_runv_cannot_run() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), "[guest]\ninitrd = \"/nonexistent/initrd.img\"\n");
+    let config = config_file(
+        dir.path(),
+        "[guest]\ninitrd = \"/nonexistent/initrd.img\"\n",
+    );
     let out = run_with_limit(
-        { let mut c = runv(); c.env("RUNV_CONFIG", &config).arg("check"); c },
+        {
+            let mut c = runv();
+            c.env("RUNV_CONFIG", &config).arg("check");
+            c
+        },
         None,
         Duration::from_secs(20),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("/nonexistent/initrd.img missing"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("/nonexistent/initrd.img missing"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains("runv cannot run"), "{}", stdout(&out));
 }
 
@@ -52,13 +87,22 @@ fn bad_config_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), "[hypervisor]\nvcpu = 2\n");
     let out = run_with_limit(
-        { let mut c = runv(); c.env("RUNV_CONFIG", &config).args(["run", "--rm", "--", "true"]); c },
+        {
+            let mut c = runv();
+            c.env("RUNV_CONFIG", &config)
+                .args(["run", "--rm", "--", "true"]);
+            c
+        },
         None,
         Duration::from_secs(10),
     );
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("vcpu"), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&config.display().to_string()), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&config.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -66,25 +110,54 @@ fn sandbox_list_shows_a_running_sandbox() {
     let name = unique_name("list");
     with_leak_check(&name, || {
         let mut cmd = runv();
-        cmd.args(["run", "--rm", "--name", &name, "--", "sh", "-c",
-            "trap 'exit 42' TERM; while :; do sleep 0.1; done"]);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        cmd.args([
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while :; do sleep 0.1; done",
+        ]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn runv");
         let entry = wait_until_started(&name, &mut child, Duration::from_secs(90));
         assert_eq!(entry["live_status"], "running", "{entry}");
-        let names: Vec<&str> =
-            entry["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert!(names.contains(&"qemu") && names.contains(&"virtiofsd"), "{entry}");
+        let names: Vec<&str> = entry["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"qemu") && names.contains(&"virtiofsd"),
+            "{entry}"
+        );
         for p in entry["processes"].as_array().unwrap() {
             let pid = p["pid"].as_u64().unwrap();
-            assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{p} runs");
+            assert!(
+                std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "{p} runs"
+            );
         }
         let text = run_with_limit(
-            { let mut c = runv(); c.args(["sandbox", "list"]); c },
+            {
+                let mut c = runv();
+                c.args(["sandbox", "list"]);
+                c
+            },
             None,
             Duration::from_secs(10),
         );
-        assert!(stdout(&text).lines().any(|l| l.starts_with(&name) && l.contains("running")), "{}", stdout(&text));
+        assert!(
+            stdout(&text)
+                .lines()
+                .any(|l| l.starts_with(&name) && l.contains("running")),
+            "{}",
+            stdout(&text)
+        );
         // SIGTERM reaches the container through runv; its trap exits 42.
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };

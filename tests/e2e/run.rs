@@ -10,11 +10,21 @@ const LIMIT: Duration = Duration::from_secs(90);
 #[test]
 fn guest_kernel_is_ours_not_the_hosts() {
     let name = unique_name("kernel");
-    let out = with_leak_check(&name, || run_container(&name, &["--", "uname", "-r"], None, LIMIT));
+    let out = with_leak_check(&name, || {
+        run_container(&name, &["--", "uname", "-r"], None, LIMIT)
+    });
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let guest = stdout(&out).trim().to_string();
-    let host = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
-    assert_eq!(guest, built_kernel_release(), "the guest runs the kernel built from guest-kernel-config");
+    let host = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        guest,
+        built_kernel_release(),
+        "the guest runs the kernel built from guest-kernel-config"
+    );
     assert_ne!(guest, host, "the container must not run on the host kernel");
 }
 
@@ -22,8 +32,15 @@ fn guest_kernel_is_ours_not_the_hosts() {
 fn exit_statuses_come_through() {
     for (script, expected) in [("exit 0", 0), ("exit 7", 7)] {
         let name = unique_name("exit");
-        let out = with_leak_check(&name, || run_container(&name, &["--", "sh", "-c", script], None, LIMIT));
-        assert_eq!(out.status.code(), Some(expected), "{script}: stderr {}", stderr(&out));
+        let out = with_leak_check(&name, || {
+            run_container(&name, &["--", "sh", "-c", script], None, LIMIT)
+        });
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "{script}: stderr {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -35,11 +52,16 @@ fn sigkill_gives_137() {
     with_leak_check(&name, || {
         let mut cmd = runv();
         cmd.args(["run", "--rm", "--name", &name, "--", "sleep", "600"]);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn runv");
         wait_until_started(&name, &mut child, LIMIT);
         let kill = run_with_limit(
-            { let mut c = runv(); c.args(["kill", &name, "KILL"]); c },
+            {
+                let mut c = runv();
+                c.args(["kill", &name, "KILL"]);
+                c
+            },
             None,
             Duration::from_secs(20),
         );
@@ -49,7 +71,10 @@ fn sigkill_gives_137() {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
-            assert!(start.elapsed() < LIMIT, "runv run did not end after SIGKILL");
+            assert!(
+                start.elapsed() < LIMIT,
+                "runv run did not end after SIGKILL"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         assert_eq!(status.code(), Some(137));
@@ -60,7 +85,17 @@ fn sigkill_gives_137() {
 fn stdout_and_stderr_arrive_separately() {
     let name = unique_name("streams");
     let out = with_leak_check(&name, || {
-        run_container(&name, &["--", "sh", "-c", "echo to-out; echo to-err >&2; echo more-out"], None, LIMIT)
+        run_container(
+            &name,
+            &[
+                "--",
+                "sh",
+                "-c",
+                "echo to-out; echo to-err >&2; echo more-out",
+            ],
+            None,
+            LIMIT,
+        )
     });
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "to-out\nmore-out\n");
@@ -79,7 +114,9 @@ fn ten_mib_through_cat_come_back_byte_exact() {
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     let name = unique_name("cat");
-    let out = with_leak_check(&name, || run_container(&name, &["-i", "--", "cat"], Some(&data), LIMIT));
+    let out = with_leak_check(&name, || {
+        run_container(&name, &["-i", "--", "cat"], Some(&data), LIMIT)
+    });
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(out.stdout.len(), data.len(), "length of what came back");
     assert!(out.stdout == data, "the bytes differ");
@@ -89,10 +126,18 @@ fn ten_mib_through_cat_come_back_byte_exact() {
 fn stdin_end_reaches_the_container() {
     let name = unique_name("stdin");
     let out = with_leak_check(&name, || {
-        run_container(&name, &["-i", "--", "sh", "-c", "wc -l; echo done"], Some(b"a\nb\nc\n"), LIMIT)
+        run_container(
+            &name,
+            &["-i", "--", "sh", "-c", "wc -l; echo done"],
+            Some(b"a\nb\nc\n"),
+            LIMIT,
+        )
     });
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert_eq!(stdout(&out).split_whitespace().collect::<Vec<_>>(), ["3", "done"]);
+    assert_eq!(
+        stdout(&out).split_whitespace().collect::<Vec<_>>(),
+        ["3", "done"]
+    );
 }
 
 #[test]
@@ -101,47 +146,92 @@ fn env_workdir_and_user_take_effect() {
     let out = with_leak_check(&name, || {
         run_container(
             &name,
-            &["-e", "GREETING=hello world", "-w", "/tmp", "-u", "1000:1001", "--", "sh", "-c",
-              "echo \"$GREETING\"; pwd; id -u; id -g; hostname"],
+            &[
+                "-e",
+                "GREETING=hello world",
+                "-w",
+                "/tmp",
+                "-u",
+                "1000:1001",
+                "--",
+                "sh",
+                "-c",
+                "echo \"$GREETING\"; pwd; id -u; id -g; hostname",
+            ],
             None,
             LIMIT,
         )
     });
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert_eq!(stdout(&out), format!("hello world\n/tmp\n1000\n1001\n{name}\n"));
+    assert_eq!(
+        stdout(&out),
+        format!("hello world\n/tmp\n1000\n1001\n{name}\n")
+    );
 }
 
 #[test]
 fn container_has_its_own_pid_namespace_in_a_guest_cgroup() {
     let name = unique_name("ns");
     let out = with_leak_check(&name, || {
-        run_container(&name, &["--", "sh", "-c", "echo $$; cat /proc/self/cgroup"], None, LIMIT)
+        run_container(
+            &name,
+            &["--", "sh", "-c", "echo $$; cat /proc/self/cgroup"],
+            None,
+            LIMIT,
+        )
     });
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let text = stdout(&out);
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("1"), "the container's process is PID 1 of its namespace: {text}");
-    assert_eq!(lines.next(), Some("0::/"), "cgroup v2, seen from the container's cgroup namespace: {text}");
+    assert_eq!(
+        lines.next(),
+        Some("1"),
+        "the container's process is PID 1 of its namespace: {text}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("0::/"),
+        "cgroup v2, seen from the container's cgroup namespace: {text}"
+    );
 }
 
 #[test]
 fn tty_mode_gives_a_real_terminal_of_the_callers_size() {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let ws = nix::pty::Winsize { ws_row: 33, ws_col: 111, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 111,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     let pty = nix::pty::openpty(Some(&ws), None).expect("openpty");
     let name = unique_name("tty");
     let out = with_leak_check(&name, || {
         let mut cmd = runv();
-        cmd.args(["run", "--rm", "-t", "--name", &name, "--", "sh", "-c", "tty; stty size"]);
+        cmd.args([
+            "run",
+            "--rm",
+            "-t",
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size",
+        ]);
         let slave = |fd: &OwnedFd| std::process::Stdio::from(fd.try_clone().expect("dup pty"));
-        cmd.stdin(slave(&pty.slave)).stdout(slave(&pty.slave)).stderr(slave(&pty.slave));
+        cmd.stdin(slave(&pty.slave))
+            .stdout(slave(&pty.slave))
+            .stderr(slave(&pty.slave));
         let mut child = cmd.spawn().expect("spawn runv");
         // Read the master until the slave side is closed by everyone.
         let master_fd = pty.master.try_clone().expect("dup master");
         let reader = std::thread::spawn(move || {
             use std::io::Read;
             // SAFETY: into_raw_fd hands over sole ownership of the duplicated descriptor.
-            let mut master = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master_fd)) };
+            let mut master = unsafe {
+                std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master_fd))
+            };
             let mut all = Vec::new();
             let mut buf = [0u8; 4096];
             loop {
@@ -173,27 +263,44 @@ fn tty_mode_gives_a_real_terminal_of_the_callers_size() {
     let text = String::from_utf8_lossy(&output);
     assert_eq!(status.code(), Some(0), "output: {text}");
     assert!(text.contains("/dev/pts/"), "tty inside: {text:?}");
-    assert!(text.contains("33 111"), "window size passed through: {text:?}");
+    assert!(
+        text.contains("33 111"),
+        "window size passed through: {text:?}"
+    );
 }
 
 #[test]
 fn missing_command_is_127_with_a_clear_error() {
     let name = unique_name("nocmd");
-    let out = with_leak_check(&name, || run_container(&name, &["--", "no-such-command-xyz"], None, LIMIT));
+    let out = with_leak_check(&name, || {
+        run_container(&name, &["--", "no-such-command-xyz"], None, LIMIT)
+    });
     assert_eq!(out.status.code(), Some(127), "stderr: {}", stderr(&out));
-    assert!(stderr(&out).contains("no-such-command-xyz"), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no-such-command-xyz"),
+        "stderr: {}",
+        stderr(&out)
+    );
     assert!(stdout(&out).is_empty());
 }
 
 #[test]
 fn no_command_at_all_is_127() {
     let out = run_with_limit(
-        { let mut c = runv(); c.args(["run", "--rm"]); c },
+        {
+            let mut c = runv();
+            c.args(["run", "--rm"]);
+            c
+        },
         None,
         Duration::from_secs(10),
     );
     assert_eq!(out.status.code(), Some(127));
-    assert!(stderr(&out).contains("No command given"), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("No command given"),
+        "stderr: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -207,11 +314,24 @@ fn bad_rootfs_fails_before_any_vm_starts() {
         let name = unique_name("rootfs");
         let start = Instant::now();
         let out = with_leak_check(&name, || {
-            run_container(&name, &["--rootfs", &rootfs, "--", "true"], None, Duration::from_secs(10))
+            run_container(
+                &name,
+                &["--rootfs", &rootfs, "--", "true"],
+                None,
+                Duration::from_secs(10),
+            )
         });
         assert_eq!(out.status.code(), Some(125), "stderr: {}", stderr(&out));
-        assert!(stderr(&out).contains(&rootfs) && stderr(&out).contains(message), "stderr: {}", stderr(&out));
-        assert!(start.elapsed() < Duration::from_secs(2), "rejected at once, took {:?}", start.elapsed());
+        assert!(
+            stderr(&out).contains(&rootfs) && stderr(&out).contains(message),
+            "stderr: {}",
+            stderr(&out)
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "rejected at once, took {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -222,11 +342,16 @@ fn wrong_kernel_path_is_a_clear_error() {
     let name = unique_name("nokernel");
     let out = with_leak_check(&name, || {
         let mut cmd = runv();
-        cmd.env("RUNV_CONFIG", &config).args(["run", "--rm", "--name", &name, "--", "true"]);
+        cmd.env("RUNV_CONFIG", &config)
+            .args(["run", "--rm", "--name", &name, "--", "true"]);
         run_with_limit(cmd, None, Duration::from_secs(20))
     });
     assert_eq!(out.status.code(), Some(125), "stderr: {}", stderr(&out));
-    assert!(stderr(&out).contains("Guest kernel /nonexistent/vmlinux does not exist"), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Guest kernel /nonexistent/vmlinux does not exist"),
+        "stderr: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -242,7 +367,8 @@ fn guest_that_never_answers_times_out() {
     let start = Instant::now();
     let out = with_leak_check(&name, || {
         let mut cmd = runv();
-        cmd.env("RUNV_CONFIG", &config).args(["run", "--rm", "--name", &name, "--", "true"]);
+        cmd.env("RUNV_CONFIG", &config)
+            .args(["run", "--rm", "--name", &name, "--", "true"]);
         run_with_limit(cmd, None, Duration::from_secs(60))
     });
     assert_eq!(out.status.code(), Some(125), "stderr: {}", stderr(&out));
@@ -251,20 +377,32 @@ fn guest_that_never_answers_times_out() {
         err.contains("did not answer within") || err.contains("stopped before its agent answered"),
         "stderr: {err}"
     );
-    assert!(start.elapsed() < Duration::from_secs(40), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn without_rm_the_state_stays_until_removed() {
     let name = unique_name("keep");
     let out = run_with_limit(
-        { let mut c = runv(); c.args(["run", "--name", &name, "--", "sh", "-c", "exit 3"]); c },
+        {
+            let mut c = runv();
+            c.args(["run", "--name", &name, "--", "sh", "-c", "exit 3"]);
+            c
+        },
         None,
         LIMIT,
     );
     assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
     let list = run_with_limit(
-        { let mut c = runv(); c.args(["sandbox", "list", "--json"]); c },
+        {
+            let mut c = runv();
+            c.args(["sandbox", "list", "--json"]);
+            c
+        },
         None,
         Duration::from_secs(10),
     );
@@ -277,9 +415,16 @@ fn without_rm_the_state_stays_until_removed() {
         .unwrap_or_else(|| panic!("{name} not listed: {json}"));
     assert_eq!(entry["live_status"], "stopped");
     assert_eq!(entry["containers"][0]["exit_status"], 3);
-    assert!(processes_mentioning(&format!("{STATE_DIR}/{name}")).is_empty(), "the VM is gone");
+    assert!(
+        processes_mentioning(&format!("{STATE_DIR}/{name}")).is_empty(),
+        "the VM is gone"
+    );
     let rm = run_with_limit(
-        { let mut c = runv(); c.args(["sandbox", "rm", &name]); c },
+        {
+            let mut c = runv();
+            c.args(["sandbox", "rm", &name]);
+            c
+        },
         None,
         Duration::from_secs(10),
     );

@@ -28,7 +28,11 @@ pub const GUEST_DIR: &str = "/usr/local/share/runv/guest";
 /// A sandbox name unique to this test process and call.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A `runv` command.
@@ -94,13 +98,17 @@ pub fn stderr(o: &Output) -> String {
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
     let me = std::process::id().to_string();
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
             continue;
         }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         if cmdline.contains(needle) {
             found.push(format!("{name}: {cmdline}"));
@@ -171,14 +179,21 @@ pub fn config_file(dir: &Path, toml: &str) -> PathBuf {
 
 /// Waits until `runv sandbox list` shows sandbox `name` with its container started; kills
 /// `child` (the `runv run` of it) and fails if that takes longer than `limit`.
-pub fn wait_until_started(name: &str, child: &mut std::process::Child, limit: Duration) -> serde_json::Value {
+pub fn wait_until_started(
+    name: &str,
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> serde_json::Value {
     let start = Instant::now();
     loop {
         let mut cmd = runv();
         cmd.args(["sandbox", "list", "--json"]);
         let out = run_with_limit(cmd, None, Duration::from_secs(10));
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sandbox list --json");
-        let found = json.as_array().and_then(|a| a.iter().find(|s| s["id"] == name).cloned());
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("sandbox list --json");
+        let found = json
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == name).cloned());
         if let Some(entry) = found.filter(|e| e["containers"][0]["guest_pid"].is_number()) {
             return entry;
         }

@@ -66,10 +66,17 @@ impl AgentError {
                     (ttrpc::Code::DEADLINE_EXCEEDED, Some(timeout)) => {
                         AgentError::Timeout { method, timeout }
                     }
-                    _ => AgentError::Status { method, code, message: status.message },
+                    _ => AgentError::Status {
+                        method,
+                        code,
+                        message: status.message,
+                    },
                 }
             }
-            other => AgentError::Transport { method, reason: other.to_string() },
+            other => AgentError::Transport {
+                method,
+                reason: other.to_string(),
+            },
         }
     }
 }
@@ -92,7 +99,9 @@ pub struct AgentClient {
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentClient").field("timeout", &self.timeout).finish()
+        f.debug_struct("AgentClient")
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -101,9 +110,15 @@ impl AgentClient {
     pub async fn connect(uds: &Path, request_timeout: Duration) -> Result<Self, AgentError> {
         let stream = connect_hybrid_vsock(uds, AGENT_VSOCK_PORT, request_timeout)
             .await
-            .map_err(|e| AgentError::Transport { method: "connect", reason: error_chain(&e) })?;
+            .map_err(|e| AgentError::Transport {
+                method: "connect",
+                reason: error_chain(&e),
+            })?;
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::from(stream));
-        Ok(Self { inner: agent_ttrpc::AgentClient::new(client), timeout: request_timeout })
+        Ok(Self {
+            inner: agent_ttrpc::AgentClient::new(client),
+            timeout: request_timeout,
+        })
     }
 
     /// Waits for the agent's readiness notification on `ready`, then connects through the
@@ -117,7 +132,10 @@ impl AgentClient {
         mut alive: impl FnMut() -> Result<(), E>,
     ) -> Result<Result<(Self, pb::CheckResponse), AgentError>, E> {
         let deadline = Instant::now() + boot_timeout;
-        let not_ready = |last: String| AgentError::NotReady { timeout: boot_timeout, last };
+        let not_ready = |last: String| AgentError::NotReady {
+            timeout: boot_timeout,
+            last,
+        };
         // One accept future lives across the liveness ticks: cancelling it could drop a
         // connection whose line is still to be read.
         let accept = ready.accept_ready();
@@ -126,7 +144,9 @@ impl AgentClient {
             alive()?;
             let now = Instant::now();
             if now >= deadline {
-                return Ok(Err(not_ready("no readiness notification from the guest".to_string())));
+                return Ok(Err(not_ready(
+                    "no readiness notification from the guest".to_string(),
+                )));
             }
             let tick = (deadline - now).min(Duration::from_millis(20));
             tokio::select! {
@@ -145,8 +165,9 @@ impl AgentClient {
             alive()?;
             match connect_hybrid_vsock(uds, AGENT_VSOCK_PORT, request_timeout).await {
                 Ok(stream) => {
-                    let client =
-                        ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::from(stream));
+                    let client = ttrpc::r#async::Client::new(
+                        ttrpc::r#async::transport::Socket::from(stream),
+                    );
                     let agent = Self {
                         inner: agent_ttrpc::AgentClient::new(client),
                         timeout: request_timeout,
@@ -191,7 +212,10 @@ impl AgentClient {
     }
 
     /// Creates a container; its process waits for [`Self::start_container`].
-    pub async fn create_container(&self, req: pb::CreateContainerRequest) -> Result<(), AgentError> {
+    pub async fn create_container(
+        &self,
+        req: pb::CreateContainerRequest,
+    ) -> Result<(), AgentError> {
         self.inner
             .create_container(self.ctx(), &req)
             .await
@@ -201,7 +225,10 @@ impl AgentClient {
 
     /// Starts a created container; returns its init's pid in the guest.
     pub async fn start_container(&self, container_id: &str) -> Result<u32, AgentError> {
-        let req = pb::ContainerRequest { container_id: container_id.to_string(), ..Default::default() };
+        let req = pb::ContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
         self.inner
             .start_container(self.ctx(), &req)
             .await
@@ -210,7 +237,11 @@ impl AgentClient {
     }
 
     /// Kills what is left of a container and removes it.
-    pub async fn remove_container(&self, container_id: &str, grace: Duration) -> Result<(), AgentError> {
+    pub async fn remove_container(
+        &self,
+        container_id: &str,
+        grace: Duration,
+    ) -> Result<(), AgentError> {
         let req = pb::RemoveContainerRequest {
             container_id: container_id.to_string(),
             timeout_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
@@ -224,11 +255,18 @@ impl AgentClient {
     }
 
     /// Waits, without a time limit, until the process exits.
-    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<ProcessExit, AgentError> {
+    pub async fn wait_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<ProcessExit, AgentError> {
         self.inner
             .wait_process(Self::no_timeout(), &process_request(container_id, exec_id))
             .await
-            .map(|r| ProcessExit { status: r.exit_status, signal: r.signal })
+            .map(|r| ProcessExit {
+                status: r.exit_status,
+                signal: r.signal,
+            })
             .map_err(|e| AgentError::from_ttrpc("WaitProcess", None, e))
     }
 
@@ -255,7 +293,12 @@ impl AgentClient {
     }
 
     /// Writes all of `data` to the process's stdin (blocks while the pipe is full).
-    pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: Vec<u8>) -> Result<(), AgentError> {
+    pub async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: Vec<u8>,
+    ) -> Result<(), AgentError> {
         let len = data.len();
         let req = pb::WriteStdinRequest {
             container_id: container_id.to_string(),
@@ -288,7 +331,12 @@ impl AgentClient {
     }
 
     /// Next chunk of stdout (`stderr == false`) or stderr; empty at end of stream.
-    pub async fn read_output(&self, container_id: &str, exec_id: &str, stderr: bool) -> Result<Vec<u8>, AgentError> {
+    pub async fn read_output(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        stderr: bool,
+    ) -> Result<Vec<u8>, AgentError> {
         let req = pb::ReadStreamRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
@@ -301,11 +349,19 @@ impl AgentClient {
             self.inner.read_stdout(Self::no_timeout(), &req).await
         };
         let method = if stderr { "ReadStderr" } else { "ReadStdout" };
-        result.map(|r| r.data).map_err(|e| AgentError::from_ttrpc(method, None, e))
+        result
+            .map(|r| r.data)
+            .map_err(|e| AgentError::from_ttrpc(method, None, e))
     }
 
     /// Sets the terminal size of a process that has a tty.
-    pub async fn resize_terminal(&self, container_id: &str, exec_id: &str, rows: u16, cols: u16) -> Result<(), AgentError> {
+    pub async fn resize_terminal(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), AgentError> {
         let req = pb::ResizeTerminalRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),

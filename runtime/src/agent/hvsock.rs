@@ -41,9 +41,14 @@ pub async fn connect_hybrid_vsock(
 ) -> Result<UnixStream, HvsockError> {
     let mut stream = UnixStream::connect(uds)
         .await
-        .map_err(|source| HvsockError::Connect { path: uds.to_path_buf(), source })?;
+        .map_err(|source| HvsockError::Connect {
+            path: uds.to_path_buf(),
+            source,
+        })?;
     let handshake = async {
-        stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+        stream
+            .write_all(format!("CONNECT {port}\n").as_bytes())
+            .await?;
         // Read byte by byte: whatever follows the newline belongs to the guest's stream.
         let mut line = Vec::with_capacity(16);
         loop {
@@ -53,24 +58,40 @@ pub async fn connect_hybrid_vsock(
             }
             line.push(byte);
             if line.len() > MAX_REPLY {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "reply too long"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "reply too long",
+                ));
             }
         }
         Ok::<_, std::io::Error>(String::from_utf8_lossy(&line).into_owned())
     };
     let reply = match tokio::time::timeout(handshake_timeout, handshake).await {
-        Err(_) => return Err(HvsockError::Handshake { port, reason: "no reply".to_string() }),
+        Err(_) => {
+            return Err(HvsockError::Handshake {
+                port,
+                reason: "no reply".to_string(),
+            })
+        }
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(HvsockError::Handshake {
                 port,
                 reason: "connection closed: nothing listens on the port".to_string(),
             })
         }
-        Ok(Err(e)) => return Err(HvsockError::Handshake { port, reason: e.to_string() }),
+        Ok(Err(e)) => {
+            return Err(HvsockError::Handshake {
+                port,
+                reason: e.to_string(),
+            })
+        }
         Ok(Ok(reply)) => reply,
     };
     if !reply.starts_with("OK ") {
-        return Err(HvsockError::Handshake { port, reason: format!("unexpected reply {reply:?}") });
+        return Err(HvsockError::Handshake {
+            port,
+            reason: format!("unexpected reply {reply:?}"),
+        });
     }
     Ok(stream)
 }
@@ -99,7 +120,9 @@ mod tests {
         let path = dir.path().join("v.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let device = tokio::spawn(fake_device(listener, "OK 1073741824\n"));
-        let mut s = connect_hybrid_vsock(&path, 1024, Duration::from_secs(5)).await.unwrap();
+        let mut s = connect_hybrid_vsock(&path, 1024, Duration::from_secs(5))
+            .await
+            .unwrap();
         s.write_all(b"ping").await.unwrap();
         let mut back = [0u8; 4];
         s.read_exact(&mut back).await.unwrap();
@@ -121,9 +144,13 @@ mod tests {
             s.read_exact(&mut buf).await.unwrap();
             s.write_all(b"NO\n").await.unwrap();
         });
-        let err = connect_hybrid_vsock(&path, 1024, Duration::from_secs(5)).await.unwrap_err();
+        let err = connect_hybrid_vsock(&path, 1024, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("nothing listens"), "{err}");
-        let err = connect_hybrid_vsock(&path, 1024, Duration::from_secs(5)).await.unwrap_err();
+        let err = connect_hybrid_vsock(&path, 1024, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("unexpected reply"), "{err}");
         device.await.unwrap();
         let missing = dir.path().join("missing.sock");

@@ -47,7 +47,10 @@ impl ReadyListener {
         if line != AGENT_READY_LINE {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("unexpected readiness line {:?}", String::from_utf8_lossy(&line)),
+                format!(
+                    "unexpected readiness line {:?}",
+                    String::from_utf8_lossy(&line)
+                ),
             ));
         }
         Ok(())

@@ -132,9 +132,15 @@ pub trait Hypervisor: Send {
 
 /// Checks that the kernel and initramfs of a VM exist, before anything starts.
 pub fn check_guest_files(vm: &VmSpec) -> Result<(), HypervisorError> {
-    for (what, path) in [("Guest kernel", &vm.kernel), ("Guest initramfs", &vm.initrd)] {
+    for (what, path) in [
+        ("Guest kernel", &vm.kernel),
+        ("Guest initramfs", &vm.initrd),
+    ] {
         if !path.is_file() {
-            return Err(HypervisorError::MissingFile { what, path: path.clone() });
+            return Err(HypervisorError::MissingFile {
+                what,
+                path: path.clone(),
+            });
         }
     }
     Ok(())

@@ -33,7 +33,11 @@ pub struct Qemu {
 impl Qemu {
     /// A backend that will run QEMU with `accel`.
     pub fn new(binaries: BinariesConfig, accel: Accel) -> Self {
-        Self { binaries, accel, helpers: Vec::new() }
+        Self {
+            binaries,
+            accel,
+            helpers: Vec::new(),
+        }
     }
 
     /// QEMU's arguments for `vm`.
@@ -54,10 +58,15 @@ impl Qemu {
         } else {
             // acpi=off: QEMU then declares the virtio-mmio devices on the kernel command line
             // (the guest kernel has no ACPI).
-            args.extend(["-M".into(), "microvm,acpi=off,x-option-roms=off,rtc=off,isa-serial=on".into()]);
+            args.extend([
+                "-M".into(),
+                "microvm,acpi=off,x-option-roms=off,rtc=off,isa-serial=on".into(),
+            ]);
         }
         match self.accel {
-            Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+            Accel::Kvm => {
+                args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()])
+            }
             Accel::Tcg => args.extend([
                 "-accel".into(),
                 "tcg,thread=multi".into(),
@@ -85,13 +94,19 @@ impl Qemu {
             "-serial".into(),
             "chardev:console".into(),
             "-chardev".into(),
-            format!("socket,id=vsock,path={}", dir.join("vhost-vsock.sock").display()),
+            format!(
+                "socket,id=vsock,path={}",
+                dir.join("vhost-vsock.sock").display()
+            ),
             "-device".into(),
             "vhost-user-vsock-device,chardev=vsock".into(),
             "-chardev".into(),
             format!("socket,id=fs,path={}", dir.join("virtiofsd.sock").display()),
             "-device".into(),
-            format!("vhost-user-fs-device,chardev=fs,tag={},queue-size=1024", vm.fs_tag),
+            format!(
+                "vhost-user-fs-device,chardev=fs,tag={},queue-size=1024",
+                vm.fs_tag
+            ),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ]);
@@ -110,12 +125,15 @@ impl Qemu {
 
     fn virtiofsd(&self, vm: &VmSpec, program: PathBuf) -> Command {
         let mut cmd = Command::new(program);
-        cmd.arg(format!("--socket-path={}", vm.dir.join("virtiofsd.sock").display()))
-            .arg(format!("--shared-dir={}", vm.shared_dir.display()))
-            .arg("--cache=auto")
-            .arg("--sandbox=namespace")
-            .arg("--announce-submounts")
-            .arg("--xattr");
+        cmd.arg(format!(
+            "--socket-path={}",
+            vm.dir.join("virtiofsd.sock").display()
+        ))
+        .arg(format!("--shared-dir={}", vm.shared_dir.display()))
+        .arg("--cache=auto")
+        .arg("--sandbox=namespace")
+        .arg("--announce-submounts")
+        .arg("--xattr");
         cmd
     }
 }
@@ -136,8 +154,15 @@ impl Hypervisor for Qemu {
             vsock_cmd,
             &vm.dir.join("vhost-device-vsock.log"),
         )?);
-        self.helpers.push(Helper::spawn("virtiofsd", fs_cmd, &vm.dir.join("virtiofsd.log"))?);
-        let sockets = [vm.dir.join("vhost-vsock.sock"), vm.dir.join("virtiofsd.sock")];
+        self.helpers.push(Helper::spawn(
+            "virtiofsd",
+            fs_cmd,
+            &vm.dir.join("virtiofsd.log"),
+        )?);
+        let sockets = [
+            vm.dir.join("vhost-vsock.sock"),
+            vm.dir.join("virtiofsd.sock"),
+        ];
         for (helper, socket) in self.helpers.iter_mut().zip(sockets.iter()) {
             wait_for_socket(helper, socket, DAEMON_SOCKET_TIMEOUT).await?;
         }
@@ -145,24 +170,31 @@ impl Hypervisor for Qemu {
         let mut cmd = Command::new(qemu);
         cmd.args(self.qemu_args(vm));
         tracing::debug!(sandbox = %vm.id, args = ?self.qemu_args(vm), "starting qemu");
-        self.helpers.push(Helper::spawn("qemu", cmd, &vm.dir.join("qemu.log"))?);
+        self.helpers
+            .push(Helper::spawn("qemu", cmd, &vm.dir.join("qemu.log"))?);
         Ok(())
     }
 
     fn check_exited(&mut self) -> Option<HypervisorError> {
         self.helpers.iter_mut().find_map(|helper| {
-            helper.try_exited().map(|status| HypervisorError::ExitedEarly {
-                name: helper.name(),
-                status,
-                log: helper.log_tail(5),
-            })
+            helper
+                .try_exited()
+                .map(|status| HypervisorError::ExitedEarly {
+                    name: helper.name(),
+                    status,
+                    log: helper.log_tail(5),
+                })
         })
     }
 
     async fn stop(&mut self, grace: Duration) {
         // QEMU first: once the VM is gone the daemons lose their peer.
         while let Some(mut helper) = self.helpers.pop() {
-            let grace = if helper.name() == "qemu" { grace } else { Duration::from_millis(200) };
+            let grace = if helper.name() == "qemu" {
+                grace
+            } else {
+                Duration::from_millis(200)
+            };
             let status = helper.stop(grace).await;
             tracing::debug!(name = helper.name(), %status, "stopped");
         }
@@ -176,7 +208,10 @@ impl Hypervisor for Qemu {
     fn processes(&self) -> Vec<ProcessInfo> {
         self.helpers
             .iter()
-            .map(|h| ProcessInfo { name: h.name().to_string(), pid: h.pid() })
+            .map(|h| ProcessInfo {
+                name: h.name().to_string(),
+                pid: h.pid(),
+            })
             .collect()
     }
 
@@ -211,24 +246,39 @@ mod tests {
     fn qemu_args_share_memory_and_wire_vhost_user_devices() {
         let q = Qemu::new(BinariesConfig::default(), Accel::Tcg);
         let args = q.qemu_args(&spec()).join(" ");
-        assert!(args.contains("memory-backend-memfd,id=mem,size=512M,share=on"), "{args}");
+        assert!(
+            args.contains("memory-backend-memfd,id=mem,size=512M,share=on"),
+            "{args}"
+        );
         assert!(args.contains("-smp 2"), "{args}");
-        assert!(args.contains("vhost-user-vsock-device,chardev=vsock"), "{args}");
-        assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=runvshared"), "{args}");
+        assert!(
+            args.contains("vhost-user-vsock-device,chardev=vsock"),
+            "{args}"
+        );
+        assert!(
+            args.contains("vhost-user-fs-device,chardev=fs,tag=runvshared"),
+            "{args}"
+        );
         assert!(args.contains("-accel tcg"), "{args}");
         assert!(args.contains("-no-reboot"), "{args}");
         if cfg!(target_arch = "x86_64") {
             assert!(args.contains("microvm,acpi=off"), "{args}");
         }
         let q = Qemu::new(BinariesConfig::default(), Accel::Kvm);
-        assert!(q.qemu_args(&spec()).join(" ").contains("-accel kvm -cpu host"));
+        assert!(q
+            .qemu_args(&spec())
+            .join(" ")
+            .contains("-accel kvm -cpu host"));
     }
 
     #[tokio::test]
     async fn missing_kernel_fails_before_anything_starts() {
         let mut q = Qemu::new(BinariesConfig::default(), Accel::Tcg);
         let err = q.start(&spec()).await.unwrap_err();
-        assert!(err.to_string().contains("Guest kernel /k does not exist"), "{err}");
+        assert!(
+            err.to_string().contains("Guest kernel /k does not exist"),
+            "{err}"
+        );
         assert!(q.processes().is_empty());
     }
 }

@@ -47,7 +47,14 @@ fn binary_item(name: &str, configured: &Path, version_arg: &str) -> (Item, Optio
                 })
                 .unwrap_or_default();
             let detail = format!("{} {}", path.display(), version).trim().to_string();
-            (Item { name: name.to_string(), ok: true, detail }, Some(path))
+            (
+                Item {
+                    name: name.to_string(),
+                    ok: true,
+                    detail,
+                },
+                Some(path),
+            )
         }
         None => (
             Item {
@@ -68,7 +75,11 @@ fn file_item(name: &str, path: &Path) -> Item {
     } else {
         format!("{} missing", path.display())
     };
-    Item { name: name.to_string(), ok, detail }
+    Item {
+        name: name.to_string(),
+        ok,
+        detail,
+    }
 }
 
 pub fn main(args: CheckArgs) -> i32 {
@@ -81,7 +92,10 @@ pub fn main(args: CheckArgs) -> i32 {
     };
     let report = build(&config, source);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_text(&report);
     }
@@ -97,7 +111,11 @@ fn build(config: &Config, source: ConfigSource) -> Report {
     let mut problems = Vec::new();
     let choice = host::choose(config.hypervisor.kind, config.hypervisor.accel, &kvm);
     let (hypervisor, accel, reason) = match &choice {
-        Ok(c) => (Some(c.hypervisor.to_string()), Some(c.accel.to_string()), c.reason.clone()),
+        Ok(c) => (
+            Some(c.hypervisor.to_string()),
+            Some(c.accel.to_string()),
+            c.reason.clone(),
+        ),
         Err(e) => {
             problems.push(e.to_string());
             (None, None, e.to_string())
@@ -110,7 +128,12 @@ fn build(config: &Config, source: ConfigSource) -> Report {
     for (name, configured, version_arg, needed) in [
         ("qemu", &b.qemu, "--version", needs_qemu),
         ("virtiofsd", &b.virtiofsd, "--version", true),
-        ("vhost-device-vsock", &b.vhost_device_vsock, "--version", needs_qemu),
+        (
+            "vhost-device-vsock",
+            &b.vhost_device_vsock,
+            "--version",
+            needs_qemu,
+        ),
         ("runv-vmm", &b.runv_vmm, "--version", needs_vmm),
     ] {
         let (item, _) = binary_item(name, configured, version_arg);
@@ -119,7 +142,10 @@ fn build(config: &Config, source: ConfigSource) -> Report {
         }
         items.push(item);
     }
-    for (name, path) in [("guest kernel", &config.guest.kernel), ("guest initramfs", &config.guest.initrd)] {
+    for (name, path) in [
+        ("guest kernel", &config.guest.kernel),
+        ("guest initramfs", &config.guest.initrd),
+    ] {
         let item = file_item(name, path);
         if !item.ok {
             problems.push(format!("{name} {}", item.detail));
@@ -136,7 +162,11 @@ fn build(config: &Config, source: ConfigSource) -> Report {
     items.push(Item {
         name: "root".to_string(),
         ok: is_root,
-        detail: if is_root { "running as root".into() } else { "runv run needs root".into() },
+        detail: if is_root {
+            "running as root".into()
+        } else {
+            "runv run needs root".into()
+        },
     });
     if !is_root {
         problems.push("not running as root".to_string());
@@ -164,7 +194,12 @@ fn print_text(r: &Report) {
         _ => println!("auto picks:  nothing ({})", r.reason),
     }
     for item in &r.items {
-        println!("{:<5} {:<19} {}", if item.ok { "ok" } else { "--" }, item.name, item.detail);
+        println!(
+            "{:<5} {:<19} {}",
+            if item.ok { "ok" } else { "--" },
+            item.name,
+            item.detail
+        );
     }
     if r.can_run {
         println!("runv can run sandboxes on this host");

@@ -25,11 +25,19 @@ pub struct KillArgs {
 /// Parses `KILL`, `SIGKILL` or `9`.
 pub fn parse_signal(text: &str) -> Result<i32, String> {
     if let Ok(n) = text.parse::<i32>() {
-        return Signal::try_from(n).map(|s| s as i32).map_err(|_| format!("Unknown signal {text}"));
+        return Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| format!("Unknown signal {text}"));
     }
     let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    Signal::from_str(&name).map(|s| s as i32).map_err(|_| format!("Unknown signal {text:?}"))
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name)
+        .map(|s| s as i32)
+        .map_err(|_| format!("Unknown signal {text:?}"))
 }
 
 pub fn main(args: KillArgs, config: Config) -> i32 {
@@ -40,7 +48,10 @@ pub fn main(args: KillArgs, config: Config) -> i32 {
             return EXIT_RUNTIME_ERROR;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runv: start the async runtime: {e}");
@@ -71,10 +82,16 @@ async fn kill(config: &Config, id: &str, signal: i32, all: bool) -> Result<(), S
     if container.guest_pid.is_none() {
         return Err(format!("Container {} is not started", container.id));
     }
-    let agent = AgentClient::connect(&dir.path().join("vsock.sock"), config.runtime.request_timeout())
+    let agent = AgentClient::connect(
+        &dir.path().join("vsock.sock"),
+        config.runtime.request_timeout(),
+    )
+    .await
+    .map_err(|e| error_chain(&e))?;
+    agent
+        .signal_process(&container.id, "", signal, all)
         .await
-        .map_err(|e| error_chain(&e))?;
-    agent.signal_process(&container.id, "", signal, all).await.map_err(|e| error_chain(&e))
+        .map_err(|e| error_chain(&e))
 }
 
 #[cfg(test)]

@@ -57,14 +57,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", hide = true)]
     timings: Option<PathBuf>,
     /// The command to run and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     command: Vec<String>,
 }
 
 /// Runs `runv run` to completion; returns the exit status.
 pub fn main(args: RunArgs, config: Config) -> i32 {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("runv: run needs root (it creates mounts, VMs and sockets under {})", config.runtime.state_dir.display());
+        eprintln!(
+            "runv: run needs root (it creates mounts, VMs and sockets under {})",
+            config.runtime.state_dir.display()
+        );
         return EXIT_RUNTIME_ERROR;
     }
     // The container roots are mounted in a mount namespace of runv's own: they are invisible
@@ -73,7 +80,10 @@ pub fn main(args: RunArgs, config: Config) -> i32 {
         eprintln!("runv: create a private mount namespace: {e}");
         return EXIT_RUNTIME_ERROR;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runv: start the async runtime: {e}");
@@ -87,7 +97,13 @@ fn private_mount_namespace() -> nix::Result<()> {
     use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     // Slave: host mounts still show up here, runv's never show up there.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
 }
 
 /// Phase timings of one run, offsets in seconds from the start of `runv run`.
@@ -102,7 +118,11 @@ struct RunTimings {
 
 async fn run(args: RunArgs, config: Config) -> i32 {
     let start = Instant::now();
-    let console_size = if args.tty { tty::local_window_size() } else { None };
+    let console_size = if args.tty {
+        tty::local_window_size()
+    } else {
+        None
+    };
     let opts = ProcessOptions {
         args: args.command.clone(),
         env: args.env.clone(),
@@ -168,7 +188,16 @@ async fn run(args: RunArgs, config: Config) -> i32 {
     };
 
     let mut timings = RunTimings::default();
-    let code = run_container(&mut sandbox, &args, &rootfs, &spec, &mut signals, start, &mut timings).await;
+    let code = run_container(
+        &mut sandbox,
+        &args,
+        &rootfs,
+        &spec,
+        &mut signals,
+        start,
+        &mut timings,
+    )
+    .await;
     timings.sandbox = sandbox.timings().clone();
     sandbox.shutdown(args.rm).await;
     timings.teardown_done = Some(start.elapsed());
@@ -217,10 +246,25 @@ async fn run_container(
     };
 
     // Output readers are in place before the process starts, so nothing waits on a full pipe.
-    let stdout = tokio::spawn(stdio::copy_output(agent.clone(), cid.clone(), false, tokio::io::stdout()));
-    let stderr = (!args.tty)
-        .then(|| tokio::spawn(stdio::copy_output(agent.clone(), cid.clone(), true, tokio::io::stderr())));
-    let raw_mode = if args.tty { tty::RawMode::enable() } else { None };
+    let stdout = tokio::spawn(stdio::copy_output(
+        agent.clone(),
+        cid.clone(),
+        false,
+        tokio::io::stdout(),
+    ));
+    let stderr = (!args.tty).then(|| {
+        tokio::spawn(stdio::copy_output(
+            agent.clone(),
+            cid.clone(),
+            true,
+            tokio::io::stderr(),
+        ))
+    });
+    let raw_mode = if args.tty {
+        tty::RawMode::enable()
+    } else {
+        None
+    };
 
     if let Err(e) = sandbox.start_container(&cid).await {
         drop(raw_mode);
@@ -280,7 +324,9 @@ async fn run_container(
     .await;
     drop(raw_mode);
     if drained.is_err() {
-        tracing::warn!("output still open {DRAIN_TIMEOUT:?} after the process exited; dropped the rest");
+        tracing::warn!(
+            "output still open {DRAIN_TIMEOUT:?} after the process exited; dropped the rest"
+        );
     }
     let _ = sandbox.record_exit(&cid, code);
     code

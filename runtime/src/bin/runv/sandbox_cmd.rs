@@ -58,7 +58,10 @@ fn live_status(dir: &SandboxDir, state: &SandboxState) -> String {
 }
 
 fn age(created_unix: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let secs = now.saturating_sub(created_unix);
     match secs {
         0..=59 => format!("{secs}s"),
@@ -73,12 +76,22 @@ fn list(config: &Config, json: bool) -> Result<(), String> {
     let mut listed = Vec::new();
     for dir in dirs {
         match dir.load() {
-            Ok(state) => listed.push(Listed { live_status: live_status(&dir, &state), state }),
-            Err(e) => eprintln!("runv: skipping {}: {}", dir.path().display(), error_chain(&e)),
+            Ok(state) => listed.push(Listed {
+                live_status: live_status(&dir, &state),
+                state,
+            }),
+            Err(e) => eprintln!(
+                "runv: skipping {}: {}",
+                dir.path().display(),
+                error_chain(&e)
+            ),
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&listed).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&listed).map_err(|e| e.to_string())?
+        );
         return Ok(());
     }
     println!(
@@ -87,7 +100,11 @@ fn list(config: &Config, json: bool) -> Result<(), String> {
     );
     for l in listed {
         let s = &l.state;
-        let pids: Vec<String> = s.processes.iter().map(|p| format!("{}:{}", p.name, p.pid)).collect();
+        let pids: Vec<String> = s
+            .processes
+            .iter()
+            .map(|p| format!("{}:{}", p.name, p.pid))
+            .collect();
         let containers: Vec<&str> = s.containers.iter().map(|c| c.id.as_str()).collect();
         println!(
             "{:<20} {:<8} {:<8} {:<5} {:>4} {:>6}M {:>5}  {:<20} {}",
@@ -98,7 +115,11 @@ fn list(config: &Config, json: bool) -> Result<(), String> {
             s.vcpus,
             s.memory_mib,
             age(s.created_unix),
-            if pids.is_empty() { "-".to_string() } else { pids.join(",") },
+            if pids.is_empty() {
+                "-".to_string()
+            } else {
+                pids.join(",")
+            },
             containers.join(",")
         );
     }

@@ -52,7 +52,10 @@ pub async fn copy_input(agent: AgentClient, container_id: String) -> Result<(), 
                 }
             }
         })
-        .map_err(|e| AgentError::Transport { method: "WriteStdin", reason: e.to_string() })?;
+        .map_err(|e| AgentError::Transport {
+            method: "WriteStdin",
+            reason: e.to_string(),
+        })?;
     while let Some(chunk) = rx.recv().await {
         agent.write_stdin(&container_id, "", chunk).await?;
     }

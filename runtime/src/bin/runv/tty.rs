@@ -15,7 +15,12 @@ nix::ioctl_read_bad!(get_winsize, libc::TIOCGWINSZ, libc::winsize);
 /// Rows and columns of the terminal behind `fd`, if it is one.
 pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     use std::os::fd::AsRawFd;
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we own; fd is a live descriptor.
     let ok = unsafe { get_winsize(fd.as_raw_fd(), &mut ws) }.is_ok();
     (ok && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
