@@ -121,6 +121,9 @@ pub struct HypervisorConfig {
     pub memory_mib: u32,
     /// Extra guest kernel parameters, appended to runv's own.
     pub kernel_params: String,
+    /// Use KVM even where runv finds it cannot boot a Linux guest (kvm-pvm): for testing
+    /// how far the builtin VMM gets on such a host. Off by default.
+    pub force_kvm: bool,
 }
 
 impl Default for HypervisorConfig {
@@ -131,6 +134,7 @@ impl Default for HypervisorConfig {
             vcpus: 1,
             memory_mib: 256,
             kernel_params: String::new(),
+            force_kvm: false,
         }
     }
 }

@@ -190,15 +190,22 @@ pub fn choose(
     }
 }
 
-/// [`choose`] with the config's values and this host's KVM.
+/// [`choose`] with the config's values and this host's KVM. With `hypervisor.force_kvm`,
+/// a `/dev/kvm` that cannot boot Linux (kvm-pvm) is used all the same.
 pub fn choose_for(
     config: &Config,
     kind_override: Option<HypervisorKind>,
 ) -> Result<Choice, ChoiceError> {
+    let mut kvm = detect_kvm();
+    if config.hypervisor.force_kvm && kvm == KvmKind::Pvm {
+        kvm = KvmKind::Hardware {
+            module: "kvm_pvm, forced by hypervisor.force_kvm".to_string(),
+        };
+    }
     choose(
         kind_override.unwrap_or(config.hypervisor.kind),
         config.hypervisor.accel,
-        &detect_kvm(),
+        &kvm,
     )
 }
 

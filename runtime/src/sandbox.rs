@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::agent::{AgentClient, AgentError, ReadyListener};
 use crate::config::{validate_vm_size, Config, ConfigError, HypervisorKind};
 use crate::host::{self, Choice, ChoiceError};
-use crate::hypervisor::{Hypervisor, HypervisorError, Qemu, VmSpec};
+use crate::hypervisor::{Builtin, Hypervisor, HypervisorError, Qemu, VmSpec};
 use crate::rootfs::{MountedRootfs, RootfsError, RootfsSource, SharedDir};
 use crate::state::{
     validate_id, ContainerState, OwnerLock, SandboxDir, SandboxState, SandboxStatus, StateError,
@@ -140,7 +140,7 @@ fn now_unix() -> u64 {
 /// The guest kernel command line runv boots with.
 pub fn kernel_cmdline(config: &Config) -> String {
     let mut cmdline = format!(
-        "console=ttyS0 reboot=t panic=-1 rdinit=/init quiet 8250.nr_uarts=1 runv.log={}",
+        "console=ttyS0 rdinit=/init quiet 8250.nr_uarts=1 runv.log={}",
         config.runtime.guest_log_level
     );
     if !config.hypervisor.kernel_params.trim().is_empty() {
@@ -248,14 +248,14 @@ impl Sandbox {
             Err(died) => {
                 return Err(SandboxError::VmDied {
                     reason: died.to_string(),
-                    console_tail: crate::process::tail(&console, 15),
+                    console_tail: crate::process::tail(&console, 25),
                     console,
                 })
             }
             Ok(Err(source)) => {
                 return Err(SandboxError::BootTimeout {
                     source,
-                    console_tail: crate::process::tail(&console, 15),
+                    console_tail: crate::process::tail(&console, 25),
                     console,
                 })
             }
@@ -490,11 +490,10 @@ impl Drop for Sandbox {
 fn backend(config: &Config, choice: &Choice) -> Result<Box<dyn Hypervisor>, SandboxError> {
     match choice.hypervisor {
         HypervisorKind::Qemu => Ok(Box::new(Qemu::new(config.binaries.clone(), choice.accel))),
-        HypervisorKind::Builtin => Err(HypervisorError::Unsupported(
-            "the builtin hypervisor (runv-vmm) is not wired into the runtime yet; use --hypervisor qemu".to_string(),
-        )
-        .into()),
-        HypervisorKind::Auto => Err(HypervisorError::Unsupported("unresolved hypervisor choice".to_string()).into()),
+        HypervisorKind::Builtin => Ok(Box::new(Builtin::new(config.binaries.clone()))),
+        HypervisorKind::Auto => {
+            Err(HypervisorError::Unsupported("unresolved hypervisor choice".to_string()).into())
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! initramfs, the agent reachable over hybrid vsock, the sandbox's shared directory as a
 //! virtio-fs filesystem, and the console on ttyS0 recorded in the sandbox directory.
 
+mod builtin;
 mod qemu;
 mod socket;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use builtin::Builtin;
 pub use qemu::Qemu;
 
 use crate::host::Accel;
@@ -32,7 +34,8 @@ pub struct VmSpec {
     pub kernel: PathBuf,
     /// Initramfs with the agent as /init.
     pub initrd: PathBuf,
-    /// Guest kernel command line (the backend may append its device entries).
+    /// Guest kernel command line; the backend puts its own entries (how the guest reboots,
+    /// its devices) before it.
     pub cmdline: String,
     /// Host directory shared with the guest over virtio-fs.
     pub shared_dir: PathBuf,
@@ -150,4 +153,19 @@ pub fn check_guest_files(vm: &VmSpec) -> Result<(), HypervisorError> {
 pub fn require_binary(name: &Path) -> Result<PathBuf, HypervisorError> {
     crate::config::resolve_binary(name)
         .ok_or_else(|| HypervisorError::MissingBinary(name.display().to_string()))
+}
+
+/// virtiofsd serving the sandbox's shared directory on `<dir>/virtiofsd.sock`.
+pub(crate) fn virtiofsd_command(vm: &VmSpec, program: PathBuf) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(format!(
+        "--socket-path={}",
+        vm.dir.join("virtiofsd.sock").display()
+    ))
+    .arg(format!("--shared-dir={}", vm.shared_dir.display()))
+    .arg("--cache=auto")
+    .arg("--sandbox=namespace")
+    .arg("--announce-submounts")
+    .arg("--xattr");
+    cmd
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use super::socket::wait_for_socket;
-use super::{check_guest_files, require_binary, Hypervisor, HypervisorError, ProcessInfo, VmSpec};
+use super::{
+    check_guest_files, require_binary, virtiofsd_command, Hypervisor, HypervisorError, ProcessInfo,
+    VmSpec,
+};
 use crate::config::BinariesConfig;
 use crate::host::Accel;
 use crate::process::Helper;
@@ -88,7 +91,9 @@ impl Qemu {
             "-initrd".into(),
             vm.initrd.display().to_string(),
             "-append".into(),
-            vm.cmdline.clone(),
+            // A guest reboot ends the VM (-no-reboot); triple fault is the fast way on microvm,
+            // which has no keyboard controller. A panic reboots at once.
+            format!("reboot=t panic=-1 {}", vm.cmdline),
             "-chardev".into(),
             format!("file,id=console,path={}", vm.console_log().display()),
             "-serial".into(),
@@ -122,20 +127,6 @@ impl Qemu {
         ));
         cmd
     }
-
-    fn virtiofsd(&self, vm: &VmSpec, program: PathBuf) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.arg(format!(
-            "--socket-path={}",
-            vm.dir.join("virtiofsd.sock").display()
-        ))
-        .arg(format!("--shared-dir={}", vm.shared_dir.display()))
-        .arg("--cache=auto")
-        .arg("--sandbox=namespace")
-        .arg("--announce-submounts")
-        .arg("--xattr");
-        cmd
-    }
 }
 
 #[async_trait::async_trait]
@@ -148,7 +139,7 @@ impl Hypervisor for Qemu {
 
         // The two daemons start side by side; QEMU connects to both at start.
         let vsock_cmd = self.vsock_daemon(vm, vsock);
-        let fs_cmd = self.virtiofsd(vm, virtiofsd);
+        let fs_cmd = virtiofsd_command(vm, virtiofsd);
         self.helpers.push(Helper::spawn(
             "vhost-device-vsock",
             vsock_cmd,
@@ -176,7 +167,8 @@ impl Hypervisor for Qemu {
     }
 
     fn check_exited(&mut self) -> Option<HypervisorError> {
-        self.helpers.iter_mut().find_map(|helper| {
+        // The hypervisor (started last) first: when it ends, the daemons follow.
+        self.helpers.iter_mut().rev().find_map(|helper| {
             helper
                 .try_exited()
                 .map(|status| HypervisorError::ExitedEarly {

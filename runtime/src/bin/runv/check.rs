@@ -109,7 +109,7 @@ pub fn main(args: CheckArgs) -> i32 {
 fn build(config: &Config, source: ConfigSource) -> Report {
     let kvm = host::detect_kvm();
     let mut problems = Vec::new();
-    let choice = host::choose(config.hypervisor.kind, config.hypervisor.accel, &kvm);
+    let choice = host::choose_for(config, None);
     let (hypervisor, accel, reason) = match &choice {
         Ok(c) => (
             Some(c.hypervisor.to_string()),

@@ -1,0 +1,174 @@
+//! The builtin backend: runv-vmm, runv's own KVM monitor, with virtiofsd for the shared
+//! directory. runv-vmm serves the vsock device itself (hybrid vsock on `vsock.sock`), so
+//! there is no vsock daemon.
+
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::socket::wait_for_socket;
+use super::{
+    check_guest_files, require_binary, virtiofsd_command, Hypervisor, HypervisorError, ProcessInfo,
+    VmSpec,
+};
+use crate::config::BinariesConfig;
+use crate::host::Accel;
+use crate::process::Helper;
+
+/// How long virtiofsd may take to create its socket.
+const DAEMON_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A sandbox VM run by runv-vmm.
+#[derive(Debug)]
+pub struct Builtin {
+    binaries: BinariesConfig,
+    /// Started helpers, in start order; stopped in reverse.
+    helpers: Vec<Helper>,
+}
+
+impl Builtin {
+    /// A backend that will run runv-vmm.
+    pub fn new(binaries: BinariesConfig) -> Self {
+        Self {
+            binaries,
+            helpers: Vec::new(),
+        }
+    }
+
+    /// runv-vmm's arguments for `vm`. runv-vmm puts its own `reboot=k panic=1` and the
+    /// virtio-mmio device entries before the command line given here.
+    pub fn vmm_args(vm: &VmSpec) -> Vec<String> {
+        let dir = &vm.dir;
+        vec![
+            "--id".into(),
+            vm.id.clone(),
+            "--kernel".into(),
+            vm.kernel.display().to_string(),
+            "--initrd".into(),
+            vm.initrd.display().to_string(),
+            "--cmdline".into(),
+            vm.cmdline.clone(),
+            "--vcpus".into(),
+            vm.vcpus.to_string(),
+            "--memory-mib".into(),
+            vm.memory_mib.to_string(),
+            "--serial".into(),
+            vm.console_log().display().to_string(),
+            "--vsock-uds".into(),
+            vm.vsock_uds().display().to_string(),
+            "--fs-socket".into(),
+            dir.join("virtiofsd.sock").display().to_string(),
+            "--fs-tag".into(),
+            vm.fs_tag.clone(),
+            "--api-socket".into(),
+            dir.join("vmm.sock").display().to_string(),
+        ]
+    }
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for Builtin {
+    async fn start(&mut self, vm: &VmSpec) -> Result<(), HypervisorError> {
+        check_guest_files(vm)?;
+        let vmm = require_binary(&self.binaries.runv_vmm)?;
+        let virtiofsd = require_binary(&self.binaries.virtiofsd)?;
+        self.helpers.push(Helper::spawn(
+            "virtiofsd",
+            virtiofsd_command(vm, virtiofsd),
+            &vm.dir.join("virtiofsd.log"),
+        )?);
+        let socket = vm.dir.join("virtiofsd.sock");
+        if let Some(fs) = self.helpers.last_mut() {
+            wait_for_socket(fs, &socket, DAEMON_SOCKET_TIMEOUT).await?;
+        }
+        let mut cmd = Command::new(vmm);
+        cmd.args(Self::vmm_args(vm));
+        tracing::debug!(sandbox = %vm.id, args = ?Self::vmm_args(vm), "starting runv-vmm");
+        self.helpers.push(Helper::spawn(
+            "runv-vmm",
+            cmd,
+            &vm.dir.join("runv-vmm.log"),
+        )?);
+        Ok(())
+    }
+
+    fn check_exited(&mut self) -> Option<HypervisorError> {
+        // The hypervisor (started last) first: when it ends, the daemons follow.
+        self.helpers.iter_mut().rev().find_map(|helper| {
+            helper
+                .try_exited()
+                .map(|status| HypervisorError::ExitedEarly {
+                    name: helper.name(),
+                    status,
+                    log: helper.log_tail(5),
+                })
+        })
+    }
+
+    async fn stop(&mut self, grace: Duration) {
+        while let Some(mut helper) = self.helpers.pop() {
+            let grace = if helper.name() == "runv-vmm" {
+                grace
+            } else {
+                Duration::from_millis(200)
+            };
+            let status = helper.stop(grace).await;
+            tracing::debug!(name = helper.name(), %status, "stopped");
+        }
+    }
+
+    fn kill_now(&mut self) {
+        while self.helpers.pop().is_some() {}
+    }
+
+    fn processes(&self) -> Vec<ProcessInfo> {
+        self.helpers
+            .iter()
+            .map(|h| ProcessInfo {
+                name: h.name().to_string(),
+                pid: h.pid(),
+            })
+            .collect()
+    }
+
+    fn name(&self) -> &'static str {
+        "builtin"
+    }
+
+    fn accel(&self) -> Accel {
+        Accel::Kvm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn vmm_args_wire_console_vsock_fs_and_api() {
+        let vm = VmSpec {
+            id: "b1".into(),
+            dir: PathBuf::from("/run/runv/b1"),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0 quiet".into(),
+            shared_dir: "/run/runv/b1/shared".into(),
+            fs_tag: "runvshared".into(),
+        };
+        let args = Builtin::vmm_args(&vm).join(" ");
+        for expected in [
+            "--kernel /k --initrd /i --cmdline console=ttyS0 quiet",
+            "--vcpus 2 --memory-mib 512",
+            "--serial /run/runv/b1/console.log",
+            "--vsock-uds /run/runv/b1/vsock.sock",
+            "--fs-socket /run/runv/b1/virtiofsd.sock --fs-tag runvshared",
+            "--api-socket /run/runv/b1/vmm.sock",
+        ] {
+            assert!(args.contains(expected), "{expected} in {args}");
+        }
+    }
+}
