@@ -17,6 +17,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage"/{dev,proc,sys,run,tmp,etc}
 install -m 0755 "$agent" "$stage/init"
+# Symbols are of no use in the guest and make the image the kernel unpacks at boot larger.
+strip --strip-all "$stage/init"
 # The kernel opens /dev/console for PID 1 before anything is mounted: without this node the
 # agent's output is lost.
 mknod -m 600 "$stage/dev/console" c 5 1

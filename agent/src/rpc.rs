@@ -97,6 +97,9 @@ impl agent_ttrpc::Agent for AgentService {
             .as_ref()
             .filter(|fs| !fs.tag.is_empty() || !fs.mount_point.is_empty())
             .map(|fs| (fs.tag.clone(), PathBuf::from(&fs.mount_point)));
+        if req.host_time_unix_nanos != 0 {
+            self.sandbox.set_clock(req.host_time_unix_nanos);
+        }
         let result = self.sandbox.create_sandbox(&req.hostname, shared_fs).await;
         reply("CreateSandbox", "", result.map(|()| Empty::new()))
     }

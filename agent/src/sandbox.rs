@@ -70,6 +70,20 @@ impl Sandbox {
     }
 
     /// CreateSandbox: hostname and the shared filesystem.
+    /// Sets the guest's wall clock (PID 1 mode only: in dev mode the host's clock is ours).
+    pub fn set_clock(&self, unix_nanos: u64) {
+        if self.mode != Mode::Pid1 {
+            return;
+        }
+        let secs = i64::try_from(unix_nanos / 1_000_000_000).unwrap_or(i64::MAX);
+        let nanos = i64::try_from(unix_nanos % 1_000_000_000).unwrap_or_default();
+        let ts = nix::sys::time::TimeSpec::new(secs, nanos);
+        match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+            Ok(()) => tracing::debug!(secs, "clock set from the host"),
+            Err(err) => tracing::warn!(%err, "cannot set the clock"),
+        }
+    }
+
     pub async fn create_sandbox(
         &self,
         hostname: &str,

@@ -272,6 +272,10 @@ impl Sandbox {
         let req = pb::CreateSandboxRequest {
             sandbox_id: self.state.id.clone(),
             hostname: self.state.id.clone(),
+            host_time_unix_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or_default())
+                .unwrap_or_default(),
             shared_fs: protobuf::MessageField::some(pb::SharedFs {
                 tag: SHARED_FS_TAG.to_string(),
                 mount_point: GUEST_SHARED_DIR.to_string(),

@@ -431,3 +431,52 @@ fn without_rm_the_state_stays_until_removed() {
     assert_eq!(rm.status.code(), Some(0), "stderr: {}", stderr(&rm));
     assert_no_leaks(&name);
 }
+
+#[test]
+fn guest_clock_follows_the_host() {
+    let name = unique_name("clock");
+    let out = with_leak_check(&name, || {
+        run_container(&name, &["--", "date", "+%s"], None, LIMIT)
+    });
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let guest: i64 = stdout(&out).trim().parse().expect("date +%s");
+    let host = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    assert!(
+        (host - guest).abs() < 120,
+        "guest clock {guest}, host clock {host}"
+    );
+}
+
+#[test]
+fn interrupt_during_boot_leaves_nothing_behind() {
+    let name = unique_name("intr");
+    let status = with_leak_check(&name, || {
+        let mut cmd = runv();
+        cmd.args(["run", "--rm", "--name", &name, "--", "true"]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("spawn runv");
+        // Wait until the VM is being started, then interrupt.
+        let start = Instant::now();
+        while !processes_mentioning(&format!("runv-{name},"))
+            .iter()
+            .any(|p| p.contains("qemu"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "qemu never started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGINT) };
+        child.wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(130));
+}
