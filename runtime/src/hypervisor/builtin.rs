@@ -110,7 +110,7 @@ impl Hypervisor for Builtin {
             let grace = if helper.name() == "runv-vmm" {
                 grace
             } else {
-                Duration::from_millis(200)
+                Duration::ZERO
             };
             let status = helper.stop(grace).await;
             tracing::debug!(name = helper.name(), %status, "stopped");

@@ -185,7 +185,7 @@ impl Hypervisor for Qemu {
             let grace = if helper.name() == "qemu" {
                 grace
             } else {
-                Duration::from_millis(200)
+                Duration::ZERO
             };
             let status = helper.stop(grace).await;
             tracing::debug!(name = helper.name(), %status, "stopped");
