@@ -14,7 +14,7 @@ E2E_THREADS ?= 2
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all install-deps build agent kernel initramfs rootfs install run demo test lint unit e2e aarch64-check bench clean
+.PHONY: all install-deps build agent kernel initramfs rootfs install run demo test lint unit e2e aarch64-check bench bench-vmm clean
 
 all: build
 
@@ -76,3 +76,9 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+# runv-vmm against QEMU microvm on this /dev/kvm: start-up, first kernel line, memory overhead,
+# vsock (RUNS=10 by default); writes target/bench/vmm.json.
+bench-vmm:
+	$(CARGO) build --release -p runv-vmm
+	RUNV_VMM=$(CURDIR)/target/release/runv-vmm $(CARGO) run --release -p runv-benches --bin vmm -- --runs $(or $(RUNS),10)
