@@ -103,6 +103,7 @@ fn main() -> Result<()> {
         sections::kernel(&o, &mut report)?;
     }
     if o.wants("vsock") {
+        vsock::run_vm(o.runs, &o.setup.runv_vmm, &mut report)?;
         vsock::run(o.runs, &mut report)?;
     }
     let out_dir = PathBuf::from("target/bench");
