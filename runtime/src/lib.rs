@@ -17,3 +17,4 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod spec;
 pub mod state;
+pub mod stdio;

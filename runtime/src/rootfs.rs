@@ -17,6 +17,9 @@ pub enum RootfsError {
     /// It is empty: nothing to run.
     #[error("Rootfs {0} is empty")]
     Empty(PathBuf),
+    /// A mount list without a single mount.
+    #[error("The rootfs mount list is empty")]
+    NoMounts,
     /// A filesystem operation failed.
     #[error("{op} {path}")]
     Io {
@@ -38,13 +41,54 @@ pub enum RootfsSource {
     /// The directory as the read-only lower layer of an overlay whose upper layer belongs to
     /// this sandbox: the image stays untouched and the writes go when the sandbox goes.
     Overlay(PathBuf),
+    /// A list of mounts made in order at the target, as containerd hands them to a shim
+    /// (typically one overlay of the image's snapshot layers).
+    Mounts(Vec<RootMount>),
+}
+
+/// One mount of a [`RootfsSource::Mounts`] list, in containerd's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootMount {
+    /// Filesystem type (`overlay`, `bind`, ...).
+    pub fs_type: String,
+    /// Source (a device, a directory, or a name such as `overlay`).
+    pub source: String,
+    /// Options, as for mount(8): flags such as `ro` or `rbind`, and filesystem data.
+    pub options: Vec<String>,
+}
+
+impl RootMount {
+    /// The mount flags and the filesystem data the options stand for.
+    pub fn flags_and_data(&self) -> (MsFlags, String) {
+        let mut flags = MsFlags::empty();
+        let mut data = Vec::new();
+        if self.fs_type == "bind" {
+            flags |= MsFlags::MS_BIND;
+        }
+        for option in &self.options {
+            match option.as_str() {
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "rw" | "defaults" => {}
+                "bind" => flags |= MsFlags::MS_BIND,
+                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                "noatime" => flags |= MsFlags::MS_NOATIME,
+                "relatime" => flags |= MsFlags::MS_RELATIME,
+                other => data.push(other),
+            }
+        }
+        (flags, data.join(","))
+    }
 }
 
 impl RootfsSource {
-    /// The directory the root comes from.
-    pub fn dir(&self) -> &Path {
+    /// The directory the root comes from, for the directory sources.
+    pub fn dir(&self) -> Option<&Path> {
         match self {
-            RootfsSource::Bind(p) | RootfsSource::Overlay(p) => p,
+            RootfsSource::Bind(p) | RootfsSource::Overlay(p) => Some(p),
+            RootfsSource::Mounts(_) => None,
         }
     }
 }
@@ -151,7 +195,8 @@ impl Drop for SharedDir {
 pub struct MountedRootfs {
     target: PathBuf,
     scratch: Option<PathBuf>,
-    mounted: bool,
+    /// How many mounts are stacked at the target.
+    mounted: usize,
 }
 
 impl MountedRootfs {
@@ -162,7 +207,11 @@ impl MountedRootfs {
         target: &Path,
         scratch: &Path,
     ) -> Result<Self, RootfsError> {
-        validate(source.dir())?;
+        match source {
+            RootfsSource::Mounts(list) if list.is_empty() => return Err(RootfsError::NoMounts),
+            RootfsSource::Mounts(_) => {}
+            RootfsSource::Bind(dir) | RootfsSource::Overlay(dir) => validate(dir)?,
+        }
         let err = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source: std::io::Error| RootfsError::Io { op, path, source }
@@ -171,7 +220,7 @@ impl MountedRootfs {
         let mut mounted = Self {
             target: target.to_path_buf(),
             scratch: None,
-            mounted: false,
+            mounted: 0,
         };
         match source {
             RootfsSource::Bind(dir) => {
@@ -205,8 +254,20 @@ impl MountedRootfs {
                 )
                 .map_err(|e| err("Mount overlay rootfs at", target)(e.into()))?;
             }
+            RootfsSource::Mounts(list) => {
+                for m in list {
+                    let (flags, data) = m.flags_and_data();
+                    let fs_type = (!flags.contains(MsFlags::MS_BIND)).then_some(m.fs_type.as_str());
+                    let data = (!data.is_empty()).then_some(data.as_str());
+                    // On failure, what is already stacked comes off as `mounted` drops.
+                    mount(Some(m.source.as_str()), target, fs_type, flags, data)
+                        .map_err(|e| err("Mount rootfs at", target)(e.into()))?;
+                    mounted.mounted += 1;
+                }
+                return Ok(mounted);
+            }
         }
-        mounted.mounted = true;
+        mounted.mounted = 1;
         Ok(mounted)
     }
 
@@ -217,7 +278,7 @@ impl MountedRootfs {
 
     /// Unmounts it (recursively, detaching if busy) and removes the overlay scratch space.
     pub fn unmount(&mut self) -> Result<(), RootfsError> {
-        if self.mounted {
+        while self.mounted > 0 {
             let mut result = umount2(&self.target, MntFlags::empty());
             if result == Err(nix::errno::Errno::EBUSY) {
                 result = umount2(&self.target, MntFlags::MNT_DETACH);
@@ -227,7 +288,7 @@ impl MountedRootfs {
                 path: self.target.clone(),
                 source: e.into(),
             })?;
-            self.mounted = false;
+            self.mounted -= 1;
         }
         if let Some(scratch) = self.scratch.take() {
             std::fs::remove_dir_all(&scratch).map_err(|source| RootfsError::Io {
@@ -316,5 +377,52 @@ mod tests {
             "an overlay rootfs leaves the image untouched"
         );
         assert!(!scratch.exists());
+
+        let target = dir.path().join("list");
+        let lower2 = dir.path().join("lower2");
+        std::fs::create_dir_all(&lower2).unwrap();
+        std::fs::write(lower2.join("top"), "t").unwrap();
+        let (upper, work) = (dir.path().join("up"), dir.path().join("wk"));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let list = RootfsSource::Mounts(vec![RootMount {
+            fs_type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("workdir={}", work.display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={}:{}", lower2.display(), image.display()),
+            ],
+        }]);
+        let m = MountedRootfs::mount(&list, &target, &dir.path().join("s3")).unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("hello")).unwrap(), "hi");
+        assert_eq!(std::fs::read_to_string(target.join("top")).unwrap(), "t");
+        drop(m);
+        assert!(!is_mount_point(&target));
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let m = RootMount {
+            fs_type: "bind".into(),
+            source: "/x".into(),
+            options: vec![
+                "rbind".into(),
+                "ro".into(),
+                "lowerdir=/a".into(),
+                "xino=off".into(),
+            ],
+        };
+        let (flags, data) = m.flags_and_data();
+        assert!(flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
+        assert_eq!(data, "lowerdir=/a,xino=off");
+        assert!(matches!(
+            MountedRootfs::mount(
+                &RootfsSource::Mounts(vec![]),
+                Path::new("/nonexistent/t"),
+                Path::new("/x")
+            ),
+            Err(RootfsError::NoMounts)
+        ));
     }
 }

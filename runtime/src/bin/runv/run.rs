@@ -147,7 +147,7 @@ async fn run(args: RunArgs, config: Config) -> i32 {
         Some(dir) => RootfsSource::Bind(dir.clone()),
         None => RootfsSource::Overlay(config.runtime.default_rootfs.clone()),
     };
-    if let Err(e) = rootfs::validate(rootfs.dir()) {
+    if let Some(Err(e)) = rootfs.dir().map(rootfs::validate) {
         eprintln!("runv: {e}");
         return EXIT_RUNTIME_ERROR;
     }
@@ -246,16 +246,18 @@ async fn run_container(
     };
 
     // Output readers are in place before the process starts, so nothing waits on a full pipe.
-    let stdout = tokio::spawn(stdio::copy_output(
+    let stdout = tokio::spawn(runv_runtime::stdio::copy_output(
         agent.clone(),
         cid.clone(),
+        String::new(),
         false,
         tokio::io::stdout(),
     ));
     let stderr = (!args.tty).then(|| {
-        tokio::spawn(stdio::copy_output(
+        tokio::spawn(runv_runtime::stdio::copy_output(
             agent.clone(),
             cid.clone(),
+            String::new(),
             true,
             tokio::io::stderr(),
         ))
