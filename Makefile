@@ -22,7 +22,7 @@ install-deps:
 	scripts/install-deps.sh
 
 build:
-	$(CARGO) build --release -p runv-runtime -p runv-vmm
+	$(CARGO) build --release -p runv-runtime -p runv-vmm -p containerd-shim-runv-v2
 
 agent:
 	$(CARGO) build --release -p runv-agent --target $(MUSL_TARGET)
@@ -39,6 +39,7 @@ rootfs:
 install: build kernel initramfs rootfs
 	install -D -m 0755 target/release/runv $(BINDIR)/runv
 	install -D -m 0755 target/release/runv-vmm $(BINDIR)/runv-vmm
+	install -D -m 0755 target/release/containerd-shim-runv-v2 $(BINDIR)/containerd-shim-runv-v2
 	kdir=$$(guest-kernel-config/build.sh --print-path) && \
 	  install -D -m 0644 $$kdir/vmlinux $(SHAREDIR)/guest/vmlinux && \
 	  install -D -m 0644 $$kdir/kernel-release $(SHAREDIR)/guest/kernel-release

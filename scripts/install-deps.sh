@@ -13,6 +13,8 @@ APT_PACKAGES=(
     libseccomp-dev libcap-ng-dev
     # static runv-agent
     musl-tools
+    # containerd and OCI images for the shim's end-to-end tests
+    containerd umoci
 )
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
