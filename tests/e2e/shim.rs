@@ -225,6 +225,111 @@ fn ctr_run_in_a_runv_vm() {
     );
 }
 
+impl Containerd {
+    /// Waits until `ctr task ls` shows task `id` as `status`.
+    fn wait_for_task(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let out = self.ctr(&["task", "ls"], Duration::from_secs(10));
+            let listed = stdout(&out)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status));
+            if listed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never {status}: {}\n{}",
+                stdout(&out),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn shim_pid(&self, id: &str) -> Option<i32> {
+        processes_mentioning(&format!(
+            "containerd-shim-runv-v2 -namespace default -id {id} "
+        ))
+        .first()
+        .and_then(|p| p.split(':').next()?.parse().ok())
+    }
+}
+
+#[test]
+fn kill_all_ends_the_task_with_137_and_a_killed_shim_leaves_nothing() {
+    let Some(containerd) = ready() else {
+        return;
+    };
+
+    let id = unique_name("shim-kill");
+    with_leak_check(&id, || {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(containerd.socket());
+        cmd.args([
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            IMAGE,
+            &id,
+            "sleep",
+            "1000",
+        ]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut run = cmd.spawn().expect("ctr run");
+        containerd.wait_for_task(&id, "RUNNING");
+        let out = containerd.ctr(&["task", "kill", "-a", "-s", "KILL", &id], LIMIT);
+        assert!(out.status.success(), "kill: {}", stderr(&out));
+        let deadline = Instant::now() + LIMIT;
+        let status = loop {
+            if let Some(status) = run.try_wait().expect("wait for ctr run") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = run.kill();
+                panic!("ctr run did not end after the kill");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(137));
+    });
+
+    // A shim killed while its VM runs: its helpers die with it, its mounts with its mount
+    // namespace, and containerd's cleanup (the shim's delete action) removes the state.
+    let id = unique_name("shim-crash");
+    let out = containerd.ctr(
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            &id,
+            "sleep",
+            "1000",
+        ],
+        LIMIT,
+    );
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    containerd.wait_for_task(&id, "RUNNING");
+    let shim = containerd.shim_pid(&id).expect("the shim of the task");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(STATE_DIR).join(&id).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_no_leaks(&id);
+    let out = containerd.ctr(&["container", "delete", &id], LIMIT);
+    assert!(out.status.success(), "container delete: {}", stderr(&out));
+}
+
 #[test]
 fn shim_prints_its_version() {
     let out = Command::new(SHIM).arg("-v").output().expect("run the shim");
