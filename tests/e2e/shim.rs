@@ -69,10 +69,15 @@ impl Containerd {
     }
 
     fn ctr(&self, args: &[&str], limit: Duration) -> Output {
+        self.ctr_with_stdin(args, None, limit)
+    }
+
+    /// `ctr ARGS...` with `stdin` fed to it (`ctr run` passes its stdin to the task).
+    fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Output {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address").arg(self.socket()).args(args);
         cmd.stdin(Stdio::null());
-        run_with_limit(cmd, None, limit)
+        run_with_limit(cmd, stdin, limit)
     }
 
     /// Builds an OCI image of the installed busybox root with umoci and imports it.
