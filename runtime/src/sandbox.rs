@@ -246,11 +246,15 @@ impl Sandbox {
         let console = vm.console_log();
         let (agent, check) = match waited {
             Err(died) => {
+                let reason = match self.hypervisor.exit_error(Duration::from_secs(1)).await {
+                    Some(cause) => cause.to_string(),
+                    None => died.to_string(),
+                };
                 return Err(SandboxError::VmDied {
-                    reason: died.to_string(),
+                    reason,
                     console_tail: crate::process::tail(&console, 25),
                     console,
-                })
+                });
             }
             Ok(Err(source)) => {
                 return Err(SandboxError::BootTimeout {

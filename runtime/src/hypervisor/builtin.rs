@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use super::processes::VmProcesses;
 use super::socket::wait_for_socket;
 use super::{
     check_guest_files, require_binary, virtiofsd_command, Hypervisor, HypervisorError, ProcessInfo,
@@ -22,8 +23,7 @@ const DAEMON_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Builtin {
     binaries: BinariesConfig,
-    /// Started helpers, in start order; stopped in reverse.
-    helpers: Vec<Helper>,
+    helpers: VmProcesses,
 }
 
 impl Builtin {
@@ -31,7 +31,7 @@ impl Builtin {
     pub fn new(binaries: BinariesConfig) -> Self {
         Self {
             binaries,
-            helpers: Vec::new(),
+            helpers: VmProcesses::default(),
         }
     }
 
@@ -72,15 +72,12 @@ impl Hypervisor for Builtin {
         check_guest_files(vm)?;
         let vmm = require_binary(&self.binaries.runv_vmm)?;
         let virtiofsd = require_binary(&self.binaries.virtiofsd)?;
-        self.helpers.push(Helper::spawn(
+        let fs = self.helpers.push(Helper::spawn(
             "virtiofsd",
             virtiofsd_command(vm, virtiofsd),
             &vm.dir.join("virtiofsd.log"),
         )?);
-        let socket = vm.dir.join("virtiofsd.sock");
-        if let Some(fs) = self.helpers.last_mut() {
-            wait_for_socket(fs, &socket, DAEMON_SOCKET_TIMEOUT).await?;
-        }
+        wait_for_socket(fs, &vm.dir.join("virtiofsd.sock"), DAEMON_SOCKET_TIMEOUT).await?;
         let mut cmd = Command::new(vmm);
         cmd.args(Self::vmm_args(vm));
         tracing::debug!(sandbox = %vm.id, args = ?Self::vmm_args(vm), "starting runv-vmm");
@@ -93,42 +90,23 @@ impl Hypervisor for Builtin {
     }
 
     fn check_exited(&mut self) -> Option<HypervisorError> {
-        // The hypervisor (started last) first: when it ends, the daemons follow.
-        self.helpers.iter_mut().rev().find_map(|helper| {
-            helper
-                .try_exited()
-                .map(|status| HypervisorError::ExitedEarly {
-                    name: helper.name(),
-                    status,
-                    log: helper.log_tail(5),
-                })
-        })
+        self.helpers.check_exited()
     }
 
     async fn stop(&mut self, grace: Duration) {
-        while let Some(mut helper) = self.helpers.pop() {
-            let grace = if helper.name() == "runv-vmm" {
-                grace
-            } else {
-                Duration::ZERO
-            };
-            let status = helper.stop(grace).await;
-            tracing::debug!(name = helper.name(), %status, "stopped");
-        }
+        self.helpers.stop("runv-vmm", grace).await;
+    }
+
+    async fn exit_error(&mut self, limit: Duration) -> Option<HypervisorError> {
+        self.helpers.exit_error(limit).await
     }
 
     fn kill_now(&mut self) {
-        while self.helpers.pop().is_some() {}
+        self.helpers.kill_now();
     }
 
     fn processes(&self) -> Vec<ProcessInfo> {
-        self.helpers
-            .iter()
-            .map(|h| ProcessInfo {
-                name: h.name().to_string(),
-                pid: h.pid(),
-            })
-            .collect()
+        self.helpers.infos()
     }
 
     fn name(&self) -> &'static str {

@@ -5,6 +5,7 @@
 //! virtio-fs filesystem, and the console on ttyS0 recorded in the sandbox directory.
 
 mod builtin;
+mod processes;
 mod qemu;
 mod socket;
 
@@ -114,6 +115,10 @@ pub trait Hypervisor: Send {
 
     /// If the hypervisor process has exited: a description with the end of its log.
     fn check_exited(&mut self) -> Option<HypervisorError>;
+
+    /// Once something of the VM has exited: the error that names the cause, after giving the
+    /// hypervisor up to `limit` to end too.
+    async fn exit_error(&mut self, limit: Duration) -> Option<HypervisorError>;
 
     /// Waits up to `grace` for the VM to end by itself (after the guest powered off), then
     /// kills the hypervisor and every helper; reaps them all. Safe to call more than once.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use super::processes::VmProcesses;
 use super::socket::wait_for_socket;
 use super::{
     check_guest_files, require_binary, virtiofsd_command, Hypervisor, HypervisorError, ProcessInfo,
@@ -29,8 +30,7 @@ const DAEMON_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Qemu {
     binaries: BinariesConfig,
     accel: Accel,
-    /// Started helpers, in start order; stopped in reverse.
-    helpers: Vec<Helper>,
+    helpers: VmProcesses,
 }
 
 impl Qemu {
@@ -39,7 +39,7 @@ impl Qemu {
         Self {
             binaries,
             accel,
-            helpers: Vec::new(),
+            helpers: VmProcesses::default(),
         }
     }
 
@@ -167,44 +167,23 @@ impl Hypervisor for Qemu {
     }
 
     fn check_exited(&mut self) -> Option<HypervisorError> {
-        // The hypervisor (started last) first: when it ends, the daemons follow.
-        self.helpers.iter_mut().rev().find_map(|helper| {
-            helper
-                .try_exited()
-                .map(|status| HypervisorError::ExitedEarly {
-                    name: helper.name(),
-                    status,
-                    log: helper.log_tail(5),
-                })
-        })
+        self.helpers.check_exited()
     }
 
     async fn stop(&mut self, grace: Duration) {
-        // QEMU first: once the VM is gone the daemons lose their peer.
-        while let Some(mut helper) = self.helpers.pop() {
-            let grace = if helper.name() == "qemu" {
-                grace
-            } else {
-                Duration::ZERO
-            };
-            let status = helper.stop(grace).await;
-            tracing::debug!(name = helper.name(), %status, "stopped");
-        }
+        self.helpers.stop("qemu", grace).await;
+    }
+
+    async fn exit_error(&mut self, limit: Duration) -> Option<HypervisorError> {
+        self.helpers.exit_error(limit).await
     }
 
     fn kill_now(&mut self) {
-        // Each helper kills and reaps itself as it drops; QEMU goes first.
-        while self.helpers.pop().is_some() {}
+        self.helpers.kill_now();
     }
 
     fn processes(&self) -> Vec<ProcessInfo> {
-        self.helpers
-            .iter()
-            .map(|h| ProcessInfo {
-                name: h.name().to_string(),
-                pid: h.pid(),
-            })
-            .collect()
+        self.helpers.infos()
     }
 
     fn name(&self) -> &'static str {
