@@ -118,12 +118,20 @@ fn sandbox_list_shows_a_running_sandbox() {
             "--",
             "sh",
             "-c",
-            "trap 'exit 42' TERM; while :; do sleep 0.1; done",
+            "trap 'exit 42' TERM; echo trap-set; while :; do sleep 0.1; done",
         ]);
-        cmd.stdout(std::process::Stdio::null())
+        cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn runv");
         let entry = wait_until_started(&name, &mut child, Duration::from_secs(90));
+        // The init of a pid namespace ignores SIGTERM until its handler is set: wait for it.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("read the container's output");
+        assert_eq!(line, "trap-set\n");
         assert_eq!(entry["live_status"], "running", "{entry}");
         let names: Vec<&str> = entry["processes"]
             .as_array()
