@@ -114,11 +114,16 @@ impl AgentClient {
                 method: "connect",
                 reason: error_chain(&e),
             })?;
+        Ok(Self::over(stream, request_timeout))
+    }
+
+    /// A client on a stream that already reaches the agent.
+    fn over(stream: tokio::net::UnixStream, request_timeout: Duration) -> Self {
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::from(stream));
-        Ok(Self {
+        Self {
             inner: agent_ttrpc::AgentClient::new(client),
             timeout: request_timeout,
-        })
+        }
     }
 
     /// Waits for the agent's readiness notification on `ready`, then connects through the
@@ -165,13 +170,7 @@ impl AgentClient {
             alive()?;
             match connect_hybrid_vsock(uds, AGENT_VSOCK_PORT, request_timeout).await {
                 Ok(stream) => {
-                    let client = ttrpc::r#async::Client::new(
-                        ttrpc::r#async::transport::Socket::from(stream),
-                    );
-                    let agent = Self {
-                        inner: agent_ttrpc::AgentClient::new(client),
-                        timeout: request_timeout,
-                    };
+                    let agent = Self::over(stream, request_timeout);
                     match agent.check().await {
                         Ok(check) => return Ok(Ok((agent, check))),
                         Err(e) => last = e.to_string(),
