@@ -1,6 +1,8 @@
 //! Helpers for runv's end-to-end tests: they drive the installed `runv` (or `RUNV_BIN`) on
 //! real QEMU with the real guest kernel, and check that nothing of a sandbox outlives it.
 
+pub mod containerd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

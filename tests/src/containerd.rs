@@ -1,0 +1,227 @@
+//! A containerd of one test alone (Debian's binary, its own root, state and socket under a
+//! temporary directory), `ctr` helpers, and a busybox image built with umoci and imported.
+//! Dropping it stops containerd and kills whatever shims it left, on every path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{config_file, processes_mentioning, run_with_limit, stderr, stdout};
+
+/// Enough for a TCG boot on a loaded 2-core machine, far from a hang.
+pub const LIMIT: Duration = Duration::from_secs(90);
+/// containerd's runtime type of runv.
+pub const RUNV_RUNTIME: &str = "io.containerd.runv.v2";
+/// The busybox image `Containerd::import_busybox` imports.
+pub const BUSYBOX_IMAGE: &str = "runv.test/busybox:latest";
+/// The installed shim.
+pub const SHIM: &str = "/usr/local/bin/containerd-shim-runv-v2";
+
+/// The busybox root the install puts beside the guest.
+pub fn busybox_root() -> PathBuf {
+    let installed = Path::new("/usr/local/share/runv/rootfs/busybox");
+    assert!(
+        installed.join("bin/busybox").exists(),
+        "{} is missing: run `make install`",
+        installed.display()
+    );
+    installed.to_path_buf()
+}
+
+/// A containerd of this test alone; stopped, with whatever shims it left, on every path.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    /// Starts a containerd with the CRI plugin disabled and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_with_config("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n")
+    }
+
+    /// Starts a containerd whose config is the common part (root, state, sockets) followed
+    /// by `extra` (TOML of config version 2, which may refer to the directory as `{dir}`).
+    fn start_with_config(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("runv-ctd")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/state\"\n{extra}\
+             [grpc]\n  address = \"{root}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{root}/containerd.sock.ttrpc\"\n",
+            root = root.display(),
+            extra = extra.replace("{dir}", &root.display().to_string()),
+        );
+        let config_path = config_file(root, &config);
+        let log = std::fs::File::create(root.join("containerd.log")).expect("log file");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start containerd (scripts/install-deps.sh installs it)");
+        let containerd = Self { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = containerd.ctr(&["version"], Duration::from_secs(10));
+            if out.status.success() {
+                return containerd;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}\n{}",
+                stderr(&out),
+                containerd.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The temporary directory everything of this containerd lives under.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// containerd's gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr ARGS...` against this containerd.
+    pub fn ctr(&self, args: &[&str], limit: Duration) -> Output {
+        self.ctr_with_stdin(args, None, limit)
+    }
+
+    /// `ctr ARGS...` with `stdin` fed to it (`ctr run` passes its stdin to the task).
+    pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Output {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(self.socket()).args(args);
+        cmd.stdin(Stdio::null());
+        run_with_limit(cmd, stdin, limit)
+    }
+
+    /// Builds an OCI image of the installed busybox root with umoci and imports it into the
+    /// default namespace as `BUSYBOX_IMAGE`.
+    pub fn import_busybox(&self) {
+        let work = self.dir.path().join("image");
+        let layout = work.join("layout");
+        let bundle = work.join("bundle");
+        let tagged = format!("{}:latest", layout.display());
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run umoci");
+            assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+        };
+        std::fs::create_dir_all(&work).expect("image dir");
+        run(Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout));
+        run(Command::new("umoci").args(["new", "--image", &tagged]));
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &tagged])
+            .arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", busybox_root().display()))
+            .arg(&rootfs));
+        run(Command::new("umoci")
+            .args(["repack", "--image", &tagged])
+            .arg(&bundle));
+        run(Command::new("umoci").args(["config", "--image", &tagged, "--config.cmd", "sh"]));
+        let tar = work.join("busybox.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        let tar = tar.display().to_string();
+        let out = self.ctr(
+            &["image", "import", "--base-name", "runv.test/busybox", &tar],
+            LIMIT,
+        );
+        assert!(out.status.success(), "import: {}", stderr(&out));
+    }
+
+    /// `ctr run --runtime io.containerd.runv.v2 --rm BUSYBOX_IMAGE ID ARGS...`.
+    pub fn run(&self, id: &str, args: &[&str]) -> Output {
+        let mut all = vec!["run", "--runtime", RUNV_RUNTIME, "--rm", BUSYBOX_IMAGE, id];
+        all.extend_from_slice(args);
+        self.ctr(&all, LIMIT)
+    }
+
+    /// Waits until `ctr task ls` shows task `id` as `status`.
+    pub fn wait_for_task(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let out = self.ctr(&["task", "ls"], Duration::from_secs(10));
+            let listed = stdout(&out)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status));
+            if listed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never {status}: {}\n{}",
+                stdout(&out),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid of the runv shim of task `id` in the default namespace.
+    pub fn shim_pid(&self, id: &str) -> Option<i32> {
+        processes_mentioning(&format!(
+            "containerd-shim-runv-v2 -namespace default -id {id} "
+        ))
+        .first()
+        .and_then(|p| p.split(':').next()?.parse().ok())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or_default());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims this containerd started carry its socket on their command line.
+        for entry in processes_mentioning(&self.socket().display().to_string()) {
+            if let Some(Ok(pid)) = entry.split(':').next().map(str::parse::<i32>) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // containerd's own mounts under its root (none are expected; never leave one).
+        let root = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = crate::mounts_mentioning(&root)
+            .iter()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .collect();
+        mounts.reverse();
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
