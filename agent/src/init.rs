@@ -14,6 +14,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::dup2;
 
+mod shutdown_signal;
+
 /// Controllers the agent enables for container cgroups, when the kernel has them.
 const CONTROLLERS: [&str; 6] = ["cpu", "memory", "pids", "io", "cpuset", "hugetlb"];
 
@@ -98,8 +100,8 @@ const LATE_MOUNTS: [SystemMount; 6] = [
     },
 ];
 
-/// Mounts /proc, /sys and /dev and points stdio at the console. Runs before logging
-/// exists, so problems go straight to stderr.
+/// Mounts /proc, /sys and /dev, points stdio at the console and turns Ctrl-Alt-Del into a
+/// graceful shutdown. Runs before logging exists, so problems go straight to stderr.
 pub fn early() {
     if let Err(err) = leave_initramfs() {
         eprintln!("runv-agent: re-root off the initramfs: {err}");
@@ -112,6 +114,7 @@ pub fn early() {
     if let Err(err) = console_stdio() {
         eprintln!("runv-agent: console: {err}");
     }
+    shutdown_signal::install();
 }
 
 /// Where the bind mount of the initramfs root is made before it is moved over `/`.
