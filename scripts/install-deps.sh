@@ -15,6 +15,8 @@ APT_PACKAGES=(
     musl-tools
     # containerd and OCI images for the shim's end-to-end tests
     containerd umoci
+    # protoc, for the CRI client (k8s-cri) of the CRI end-to-end tests
+    protobuf-compiler
 )
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0

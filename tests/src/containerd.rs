@@ -16,6 +16,19 @@ pub const RUNV_RUNTIME: &str = "io.containerd.runv.v2";
 pub const BUSYBOX_IMAGE: &str = "runv.test/busybox:latest";
 /// The installed shim.
 pub const SHIM: &str = "/usr/local/bin/containerd-shim-runv-v2";
+/// The pause image (busybox sleeping until SIGTERM or SIGINT) `Containerd::start_cri`
+/// imports and gives the CRI plugin as its `sandbox_image`.
+pub const PAUSE_IMAGE: &str = "runv.test/busybox:pause";
+/// The namespace of the CRI plugin's images, pods and containers.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The CRI runtime handler of runv.
+pub const RUNV_HANDLER: &str = "runv";
+/// The CRI runtime handler of runc.
+pub const RUNC_HANDLER: &str = "runc";
+
+/// The pause image's entrypoint: the init of its PID namespace, which ignores a signal it
+/// has no handler for, so the traps are needed.
+const PAUSE_SCRIPT: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
 /// The busybox root the install puts beside the guest.
 pub fn busybox_root() -> PathBuf {
@@ -32,17 +45,78 @@ pub fn busybox_root() -> PathBuf {
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    cri: bool,
 }
 
 impl Containerd {
     /// Starts a containerd with the CRI plugin disabled and waits until it answers.
     pub fn start() -> Self {
-        Self::start_with_config("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n")
+        Self::start_with_config(
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            false,
+        )
+    }
+
+    /// Starts a containerd with its CRI plugin (on the same socket): runtime handlers `runv`
+    /// (containerd-shim-runv-v2) and `runc`, the locally built `PAUSE_IMAGE` as sandbox image
+    /// and `BUSYBOX_IMAGE`, both in the k8s.io namespace (nothing is ever pulled), and CNI
+    /// pointed at empty directories of its own: pods must use the host network. Everything
+    /// it and its shims keep is under its directory (runc's state too), apart from the
+    /// sockets shims make in /run/containerd/s. OOM score adjustments are kept at or above
+    /// the test's own (without CAP_SYS_RESOURCE, as in a container, runc could not lower the
+    /// pause container's to the CRI's -998).
+    pub fn start_cri() -> Self {
+        let cri = "[plugins]\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{dir}/opt\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+             \x20 sandbox_image = \"PAUSE\"\n\
+             \x20 stream_server_address = \"127.0.0.1\"\n\
+             \x20 stream_server_port = \"0\"\n\
+             \x20 restrict_oom_score_adj = true\n\
+             \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+             \x20   bin_dir = \"{dir}/cni/bin\"\n\
+             \x20   conf_dir = \"{dir}/cni/conf\"\n\
+             \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+             \x20   default_runtime_name = \"runc\"\n\
+             \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+             \x20     runtime_type = \"io.containerd.runc.v2\"\n\
+             \x20     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n\
+             \x20       Root = \"{dir}/runc\"\n\
+             \x20   [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runv]\n\
+             \x20     runtime_type = \"RUNV\"\n"
+            .replace("PAUSE", PAUSE_IMAGE)
+            .replace("RUNV", RUNV_RUNTIME);
+        let containerd = Self::start_with_config(&cri, true);
+        for dir in ["cni/bin", "cni/conf", "opt"] {
+            std::fs::create_dir_all(containerd.dir().join(dir)).expect("CNI dirs");
+        }
+        containerd.import_images(CRI_NAMESPACE);
+        // The CRI plugin learns of imported images from containerd's events.
+        let mut client = containerd.cri();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(client.image_present(PAUSE_IMAGE) && client.image_present(BUSYBOX_IMAGE)) {
+            assert!(
+                Instant::now() < deadline,
+                "the CRI plugin does not see the imported images:\n{}",
+                containerd.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        containerd
+    }
+
+    /// A CRI client of this containerd (`start_cri`).
+    pub fn cri(&self) -> crate::cri::Cri {
+        assert!(
+            self.cri,
+            "the CRI plugin is disabled: use Containerd::start_cri"
+        );
+        crate::cri::Cri::connect(&self.socket())
     }
 
     /// Starts a containerd whose config is the common part (root, state, sockets) followed
     /// by `extra` (TOML of config version 2, which may refer to the directory as `{dir}`).
-    fn start_with_config(extra: &str) -> Self {
+    fn start_with_config(extra: &str, cri: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("runv-ctd")
             .tempdir()
@@ -65,7 +139,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("start containerd (scripts/install-deps.sh installs it)");
-        let containerd = Self { dir, child };
+        let containerd = Self { dir, child, cri };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = containerd.ctr(&["version"], Duration::from_secs(10));
@@ -111,43 +185,30 @@ impl Containerd {
     }
 
     /// Builds an OCI image of the installed busybox root with umoci and imports it into the
-    /// default namespace as `BUSYBOX_IMAGE`.
+    /// default namespace as `BUSYBOX_IMAGE` (with `PAUSE_IMAGE`).
     pub fn import_busybox(&self) {
+        self.import_images("default");
+    }
+
+    /// Builds (once) the images of the installed busybox root with umoci, `BUSYBOX_IMAGE`
+    /// (`sh`) and `PAUSE_IMAGE`, and imports both into `namespace`.
+    pub fn import_images(&self, namespace: &str) {
         let work = self.dir.path().join("image");
-        let layout = work.join("layout");
-        let bundle = work.join("bundle");
-        let tagged = format!("{}:latest", layout.display());
-        let run = |cmd: &mut Command| {
-            let out = cmd.output().expect("run umoci");
-            assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
-        };
-        std::fs::create_dir_all(&work).expect("image dir");
-        run(Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout));
-        run(Command::new("umoci").args(["new", "--image", &tagged]));
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &tagged])
-            .arg(&bundle));
-        let rootfs = bundle.join("rootfs");
-        run(Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", busybox_root().display()))
-            .arg(&rootfs));
-        run(Command::new("umoci")
-            .args(["repack", "--image", &tagged])
-            .arg(&bundle));
-        run(Command::new("umoci").args(["config", "--image", &tagged, "--config.cmd", "sh"]));
         let tar = work.join("busybox.tar");
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
+        if !tar.exists() {
+            build_images(&work, &tar);
+        }
         let tar = tar.display().to_string();
         let out = self.ctr(
-            &["image", "import", "--base-name", "runv.test/busybox", &tar],
+            &[
+                "--namespace",
+                namespace,
+                "image",
+                "import",
+                "--base-name",
+                "runv.test/busybox",
+                &tar,
+            ],
             LIMIT,
         );
         assert!(out.status.success(), "import: {}", stderr(&out));
@@ -181,6 +242,15 @@ impl Containerd {
         }
     }
 
+    /// The pids of the shims this containerd started (they carry its socket on their command
+    /// line), of any runtime and namespace.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        processes_mentioning(&self.socket().display().to_string())
+            .iter()
+            .filter_map(|p| p.split(':').next()?.parse().ok())
+            .collect()
+    }
+
     /// The pid of the runv shim of task `id` in the default namespace.
     pub fn shim_pid(&self, id: &str) -> Option<i32> {
         processes_mentioning(&format!(
@@ -191,8 +261,64 @@ impl Containerd {
     }
 }
 
+/// Writes to `tar` an OCI layout with the busybox root tagged `latest` (`sh`) and `pause`
+/// (`PAUSE_SCRIPT`), building it in `work`.
+fn build_images(work: &Path, tar: &Path) {
+    let layout = work.join("layout");
+    let bundle = work.join("bundle");
+    let tagged = format!("{}:latest", layout.display());
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run umoci");
+        assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+    };
+    std::fs::create_dir_all(work).expect("image dir");
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &tagged]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &tagged])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", busybox_root().display()))
+        .arg(&rootfs));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &tagged])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &tagged,
+        "--tag",
+        "pause",
+        "--config.entrypoint",
+        "/bin/sh",
+        "--config.entrypoint",
+        "-c",
+        "--config.entrypoint",
+        PAUSE_SCRIPT,
+    ]));
+    run(Command::new("umoci").args(["config", "--image", &tagged, "--config.cmd", "sh"]));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(tar)
+        .arg("."));
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if self.cri {
+            // Pods and containers a failed test left, removed the way the kubelet would.
+            if let Ok(mut client) = std::panic::catch_unwind(|| self.cri()) {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    client.remove_everything();
+                }));
+            }
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or_default());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -211,6 +337,25 @@ impl Drop for Containerd {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            }
+        }
+        // Containers of runc shims killed above (their state is under our directory).
+        if self.cri {
+            let runc_root = self.dir.path().join("runc").join(CRI_NAMESPACE);
+            let runc = |args: &[&str]| {
+                Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .output()
+            };
+            if let Ok(out) = runc(&["list", "-q"]) {
+                for id in stdout(&out).lines() {
+                    let _ = runc(&["kill", "--all", id, "KILL"]);
+                    let _ = runc(&["delete", "--force", id]);
+                }
             }
         }
         // containerd's own mounts under its root (none are expected; never leave one).

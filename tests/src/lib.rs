@@ -2,6 +2,7 @@
 //! real QEMU with the real guest kernel, and check that nothing of a sandbox outlives it.
 
 pub mod containerd;
+pub mod cri;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -208,4 +209,46 @@ pub fn wait_until_started(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The processes descending from `roots` (not the roots themselves), as `(pid, cmdline)`.
+pub fn descendants_of(roots: &[i32]) -> Vec<(i32, String)> {
+    let mut parents = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces) in parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found: Vec<i32> = roots.to_vec();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        for &(pid, ppid) in &parents {
+            if ppid == parent && !found.contains(&pid) {
+                found.push(pid);
+            }
+        }
+        i += 1;
+    }
+    found
+        .into_iter()
+        .filter(|pid| !roots.contains(pid))
+        .map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (pid, String::from_utf8_lossy(&raw).replace('\0', " "))
+        })
+        .collect()
 }
