@@ -316,6 +316,86 @@ fn api_pause_resume_metrics_and_forced_shutdown() {
     assert!(!sock.exists(), "API socket left behind");
 }
 
+/// 32-bit code: poll the i8042 status port, copy every byte of the keyboard buffer to
+/// COM1, and on the Del release (set 1: 0xe0 0xd3) reset through the i8042: a guest that
+/// answers Ctrl-Alt-Del by shutting down.
+const REBOOT_ON_CTRL_ALT_DEL: &[u8] = &[
+    0xe4, 0x64, // poll: in al, 0x64
+    0xa8, 0x01, // test al, 1 (output buffer full)
+    0x74, 0xfa, // jz poll
+    0xe4, 0x60, // in al, 0x60
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xee, // out dx, al
+    0x3c, 0xd3, // cmp al, 0xd3
+    0x75, 0xef, // jne poll
+    0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al (reset)
+    0xeb, 0xfe, // jmp $
+];
+
+#[test]
+fn api_shutdown_reaches_the_guest_through_the_i8042() {
+    if !kvm() {
+        return skip("api_shutdown_reaches_the_guest_through_the_i8042: no /dev/kvm");
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), &print_cmdline_then(REBOOT_ON_CTRL_ALT_DEL));
+    let sock = dir.as_path().join("api.sock");
+    let log = dir.as_path().join("serial.log");
+    let mut child = Command::new(BIN)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut marks = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        let st = api(&sock, r#"{"action":"status"}"#);
+        marks = st["boot_marks"].as_array().map_or(0, |a| a.len());
+        if marks > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(marks, 1, "the guest runs");
+    // A long grace period: the guest's own reset must end the VM well before it.
+    let asked = Instant::now();
+    assert_eq!(
+        api(&sock, r#"{"action":"shutdown","timeout_ms":20000}"#)["ok"],
+        true
+    );
+    let mut status = None;
+    while asked.elapsed() < Duration::from_secs(30) {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = asked.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
+    assert!(err.contains("guest shut down (i8042 reset)"), "{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {err}");
+    // The guest saw Ctrl, Alt, Del pressed and Del released, in set 1.
+    let console = std::fs::read(&log).unwrap();
+    let codes = &console[console.iter().position(|&b| b == b'\n').unwrap() + 1..];
+    assert_eq!(codes, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3], "{console:x?}");
+    assert!(!sock.exists(), "API socket left behind");
+}
+
 #[test]
 fn triple_fault_is_a_guest_crash() {
     if !kvm() {

@@ -4,6 +4,13 @@
 //! `CONFIG_KEYBOARD_ATKBD` in the guest).
 //!
 //! Ports: 0x60 data (bus offset 0), 0x64 status/command (bus offset 4).
+//!
+//! There is a keyboard port and no usable AUX (mouse) port. Every command Linux waits on is
+//! answered at once, so its probe does not stall: the AUX loopback answers with a byte
+//! other than the one written and the AUX interface test reports a stuck line, which makes
+//! Linux give the AUX port up at its first check (an AUX port that passed would be tested
+//! for interrupt delivery on IRQ 12 with a 250 ms timeout). The keyboard answers the
+//! identification and settings commands of the AT keyboard driver.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,6 +27,7 @@ const CMD_WRITE_CTR: u8 = 0x60;
 const CMD_DISABLE_AUX: u8 = 0xa7;
 const CMD_ENABLE_AUX: u8 = 0xa8;
 const CMD_TEST_AUX: u8 = 0xa9;
+const CMD_AUX_LOOP: u8 = 0xd3;
 const CMD_SELF_TEST: u8 = 0xaa;
 const CMD_TEST_KBD: u8 = 0xab;
 const CMD_DISABLE_KBD: u8 = 0xad;
@@ -33,6 +41,7 @@ const SB_OUT_DATA_AVAIL: u8 = 0x01;
 const SB_I8042_CMD_DATA: u8 = 0x08;
 const SB_SYSTEM_FLAG: u8 = 0x04;
 const SB_KBD_ENABLED: u8 = 0x10;
+const SB_AUX_DATA: u8 = 0x20;
 
 const CB_KBD_INT: u8 = 0x01;
 const CB_POST_OK: u8 = 0x04;
@@ -40,6 +49,8 @@ const CB_TRANSLATE: u8 = 0x40;
 
 const KBD_ACK: u8 = 0xfa;
 const KBD_RESET_OK: u8 = 0xaa;
+/// AUX interface test result: data line stuck low.
+const AUX_TEST_DATA_STUCK_LOW: u8 = 0x03;
 
 /// Scan codes of Ctrl, Alt, Del pressed then released, in set 2 (what a keyboard sends).
 const CTRL_ALT_DEL_SET2: [u8; 11] = [
@@ -58,7 +69,8 @@ pub struct I8042 {
     status: u8,
     control: u8,
     pending_cmd: Option<u8>,
-    out: VecDeque<u8>,
+    /// The output buffer: each byte, and whether it comes from the AUX port.
+    out: VecDeque<(u8, bool)>,
     irq: IrqTrigger,
     exit: Arc<VmExitNotifier>,
 }
@@ -77,10 +89,22 @@ impl I8042 {
     }
 
     fn push(&mut self, byte: u8) {
+        self.push_from(byte, false);
+    }
+
+    fn push_from(&mut self, byte: u8, aux: bool) {
         if self.out.len() < BUF_MAX {
-            self.out.push_back(byte);
+            self.out.push_back((byte, aux));
         }
         self.status |= SB_OUT_DATA_AVAIL;
+    }
+
+    /// The status register: the AUX-data bit describes the byte at the head of the buffer.
+    fn status(&self) -> u8 {
+        match self.out.front() {
+            Some((_, true)) => self.status | SB_AUX_DATA,
+            _ => self.status & !SB_AUX_DATA,
+        }
     }
 
     fn kick_irq(&self) {
@@ -106,11 +130,13 @@ impl I8042 {
     fn command(&mut self, cmd: u8) {
         match cmd {
             CMD_READ_CTR => self.push(self.control),
-            CMD_WRITE_CTR | CMD_WRITE_OUTP | CMD_WRITE_AUX => self.pending_cmd = Some(cmd),
+            CMD_WRITE_CTR | CMD_WRITE_OUTP | CMD_WRITE_AUX | CMD_AUX_LOOP => {
+                self.pending_cmd = Some(cmd);
+            }
             CMD_READ_OUTP => self.push(0x01),
             CMD_SELF_TEST => self.push(0x55),
             CMD_TEST_KBD => self.push(0x00),
-            CMD_TEST_AUX => self.push(0xff),
+            CMD_TEST_AUX => self.push(AUX_TEST_DATA_STUCK_LOW),
             CMD_DISABLE_KBD => self.status &= !SB_KBD_ENABLED,
             CMD_ENABLE_KBD => self.status |= SB_KBD_ENABLED,
             CMD_DISABLE_AUX | CMD_ENABLE_AUX => {}
@@ -134,6 +160,8 @@ impl I8042 {
                 }
             }
             Some(CMD_WRITE_AUX) => self.push(0xfe), // no mouse: resend
+            // A working loopback would echo the byte, as if the mouse had sent it.
+            Some(CMD_AUX_LOOP) => self.push_from(!value, true),
             _ => match value {
                 0xff => {
                     self.push(KBD_ACK);
@@ -158,7 +186,7 @@ impl BusDevice for I8042 {
         };
         *first = match offset {
             OFFSET_DATA => {
-                let b = self.out.pop_front().unwrap_or(0);
+                let b = self.out.pop_front().map_or(0, |(b, _)| b);
                 if self.out.is_empty() {
                     self.status &= !SB_OUT_DATA_AVAIL;
                 } else {
@@ -166,7 +194,7 @@ impl BusDevice for I8042 {
                 }
                 b
             }
-            OFFSET_COMMAND => self.status,
+            OFFSET_COMMAND => self.status(),
             _ => 0xff,
         };
     }
@@ -245,6 +273,96 @@ mod tests {
         d.send_ctrl_alt_del();
         d.read(OFFSET_DATA, &mut b);
         assert_eq!(b[0], 0x14);
+    }
+
+    /// Linux's `i8042_command`: the command, its parameter bytes, then each answer byte,
+    /// which must be there at once (Linux would poll for up to 500 ms). `None` when an
+    /// answer is missing, or for the AUX loopback, when it does not come from the AUX port.
+    fn linux_command(d: &mut I8042, cmd: u8, params: &[u8], answers: usize) -> Option<Vec<u8>> {
+        d.write(OFFSET_COMMAND, &[cmd]);
+        for p in params {
+            d.write(OFFSET_DATA, &[*p]);
+        }
+        let mut out = Vec::new();
+        for _ in 0..answers {
+            let mut st = [0u8];
+            d.read(OFFSET_COMMAND, &mut st);
+            if st[0] & SB_OUT_DATA_AVAIL == 0 || (cmd == CMD_AUX_LOOP && st[0] & SB_AUX_DATA == 0) {
+                return None;
+            }
+            let mut b = [0u8];
+            d.read(OFFSET_DATA, &mut b);
+            out.push(b[0]);
+        }
+        Some(out)
+    }
+
+    /// A byte to the keyboard (through the data port), answered at once.
+    fn kbd_command(d: &mut I8042, byte: u8, answers: usize) -> Vec<u8> {
+        d.write(OFFSET_DATA, &[byte]);
+        (0..answers)
+            .map(|_| {
+                let mut b = [0u8];
+                d.read(OFFSET_DATA, &mut b);
+                b[0]
+            })
+            .collect()
+    }
+
+    fn buffer_empty(d: &mut I8042) -> bool {
+        let mut st = [0u8];
+        d.read(OFFSET_COMMAND, &mut st);
+        st[0] & SB_OUT_DATA_AVAIL == 0
+    }
+
+    /// The probe of Linux 6.1's i8042 and atkbd drivers without `i8042.*` options, step by
+    /// step: every answer is there at once, the AUX port is given up at its first check
+    /// (before the AUX interrupt test), nothing is left over for the keyboard driver, and
+    /// Ctrl-Alt-Del then arrives as translated set 1 codes with an interrupt.
+    #[test]
+    fn linux_probe_does_not_wait() {
+        const CTR_KBDDIS: u8 = 0x10;
+        let (mut d, _) = dev();
+        assert!(
+            buffer_empty(&mut d),
+            "i8042_controller_check: no stale output"
+        );
+        // i8042_controller_init: a stable CTR, then the keyboard disabled.
+        let ctr = linux_command(&mut d, CMD_READ_CTR, &[], 1).unwrap()[0];
+        assert_eq!(linux_command(&mut d, CMD_READ_CTR, &[], 1).unwrap()[0], ctr);
+        assert_ne!(ctr & CB_TRANSLATE, 0, "translation on");
+        let ctr = (ctr | CTR_KBDDIS) & !CB_KBD_INT;
+        linux_command(&mut d, CMD_WRITE_CTR, &[ctr], 0).unwrap();
+        assert!(buffer_empty(&mut d));
+        // i8042_check_aux: the loopback fails (answered, but not the byte written)...
+        let looped = linux_command(&mut d, CMD_AUX_LOOP, &[0x5a], 1).unwrap();
+        assert_ne!(looped, [0x5a]);
+        // ...so the interface test decides, and reports an error: no AUX port.
+        let test = linux_command(&mut d, CMD_TEST_AUX, &[], 1).unwrap()[0];
+        assert!(test != 0 && test != 0xfa && test != 0xff, "{test:#x}");
+        assert!(buffer_empty(&mut d));
+        // i8042_enable_kbd_port.
+        let ctr = (ctr & !CTR_KBDDIS) | CB_KBD_INT;
+        linux_command(&mut d, CMD_WRITE_CTR, &[ctr], 0).unwrap();
+        // atkbd_probe and atkbd_activate: GETID, RESET_DIS, SETLEDS, SETREP, ENABLE.
+        assert_eq!(kbd_command(&mut d, 0xf2, 3), [KBD_ACK, 0xab, 0x83]);
+        assert_eq!(kbd_command(&mut d, 0xf5, 1), [KBD_ACK]);
+        for (cmd, arg) in [(0xed, 0x00), (0xf3, 0x00)] {
+            assert_eq!(kbd_command(&mut d, cmd, 1), [KBD_ACK]);
+            assert_eq!(kbd_command(&mut d, arg, 1), [KBD_ACK]);
+        }
+        assert_eq!(kbd_command(&mut d, 0xf4, 1), [KBD_ACK]);
+        assert!(buffer_empty(&mut d));
+        let _ = d.irq.0.read();
+        d.send_ctrl_alt_del();
+        assert_eq!(d.irq.0.read().unwrap(), 1);
+        let mut got = Vec::new();
+        while !buffer_empty(&mut d) {
+            let mut b = [0u8];
+            d.read(OFFSET_DATA, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, CTRL_ALT_DEL_SET1);
     }
 
     #[test]
