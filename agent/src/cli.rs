@@ -9,6 +9,9 @@ use std::path::PathBuf;
 /// The argv[1] that makes the binary run as a container's init process.
 pub const CONTAINER_INIT_ARG: &str = "__container-init";
 
+/// The argv[1] that makes the binary run as an exec process of a container.
+pub const CONTAINER_EXEC_ARG: &str = "__container-exec";
+
 /// Parsed command line of the agent mode.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Args {

@@ -22,6 +22,11 @@ pub enum AgentError {
     },
     #[error("container {0:?} already exists")]
     ContainerExists(String),
+    #[error("container {container_id:?} already has a process {exec_id:?}")]
+    ProcessExists {
+        container_id: String,
+        exec_id: String,
+    },
     #[error("container {id:?}: {state}")]
     WrongState { id: String, state: &'static str },
     #[error("sandbox is already created")]
@@ -54,7 +59,7 @@ impl AgentError {
             Self::NoSuchContainer(_) | Self::NoSuchProcess { .. } | Self::RootfsMissing(_) => {
                 Code::NOT_FOUND
             }
-            Self::ContainerExists(_) => Code::ALREADY_EXISTS,
+            Self::ContainerExists(_) | Self::ProcessExists { .. } => Code::ALREADY_EXISTS,
             Self::WrongState { .. } | Self::SandboxExists => Code::FAILED_PRECONDITION,
             Self::Spec(_) | Self::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
             Self::Init { failure, .. } => match failure.kind {
@@ -64,6 +69,10 @@ impl AgentError {
                 FailureKind::Internal => Code::INTERNAL,
             },
             Self::Stdio { source, .. } => source.code(),
+            Self::Cgroup {
+                source: CgroupError::Invalid(_),
+                ..
+            } => Code::INVALID_ARGUMENT,
             Self::Cgroup { .. } | Self::Sync { .. } | Self::Os { .. } => Code::INTERNAL,
         }
     }

@@ -11,7 +11,7 @@ mod rpc;
 mod sandbox;
 mod server;
 
-use cli::{Args, CONTAINER_INIT_ARG};
+use cli::{Args, CONTAINER_EXEC_ARG, CONTAINER_INIT_ARG};
 use sandbox::Mode;
 use server::ServeOptions;
 
@@ -21,6 +21,9 @@ fn main() {
         .collect();
     if argv.get(1).map(String::as_str) == Some(CONTAINER_INIT_ARG) {
         container::init_process::main();
+    }
+    if argv.get(1).map(String::as_str) == Some(CONTAINER_EXEC_ARG) {
+        container::init_process::exec_main();
     }
     let args = match Args::parse(argv.get(1..).unwrap_or_default()) {
         Ok(args) => args,

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxResources;
 use runv_agent_protocol::agent::{
     CheckRequest, CheckResponse, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
-    Empty, ProcessRequest, ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest,
-    ResizeTerminalRequest, SignalProcessRequest, StartContainerResponse, WaitProcessResponse,
-    WriteStdinRequest, WriteStdinResponse,
+    Empty, ExecProcessRequest, ExecProcessResponse, ListProcessesResponse, OomEvent, ProcessInfo,
+    ProcessRequest, ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest,
+    ResizeTerminalRequest, SignalProcessRequest, StartContainerResponse, StatsContainerResponse,
+    UpdateContainerRequest, WaitProcessResponse, WriteStdinRequest, WriteStdinResponse,
 };
 use runv_agent_protocol::agent_ttrpc;
 use runv_agent_protocol::MAX_STDIO_CHUNK;
@@ -19,6 +21,9 @@ use ttrpc::r#async::TtrpcContext;
 use crate::container::stdio::Output;
 use crate::error::AgentError;
 use crate::sandbox::Sandbox;
+
+/// How often GetOomEvent looks at the containers' OOM kill counts.
+const OOM_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The service registered with the ttrpc server.
 pub struct AgentService {
@@ -61,9 +66,9 @@ fn first_field(text: &str) -> Option<f64> {
 
 impl AgentService {
     async fn read(&self, req: &ReadStreamRequest, which: Output) -> Result<Vec<u8>, AgentError> {
-        let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
-        container
-            .stdio
+        let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
+        process
+            .stdio()
             .read(which, read_len(req.max_len))
             .await
             .map_err(|source| AgentError::Stdio {
@@ -167,8 +172,8 @@ impl agent_ttrpc::Agent for AgentService {
         req: ProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
         let result = async {
-            let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
-            let status = container.wait().await;
+            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            let status = process.wait().await;
             Ok(WaitProcessResponse {
                 exit_status: status.code,
                 signal: status.signal,
@@ -187,14 +192,14 @@ impl agent_ttrpc::Agent for AgentService {
         let result = async {
             let number =
                 i32::try_from(req.signal).map_err(|_| invalid("signal", "out of range"))?;
-            let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
             if number == 0 {
                 // As with kill(2), signal 0 only checks that the process is there.
-                return container.probe();
+                return process.probe();
             }
             let signal = Signal::try_from(number)
                 .map_err(|_| invalid("signal", format!("{number} is not a signal")))?;
-            container.signal(signal, req.all)
+            process.signal(signal, req.all)
         }
         .await;
         reply(
@@ -210,9 +215,9 @@ impl agent_ttrpc::Agent for AgentService {
         req: WriteStdinRequest,
     ) -> ttrpc::Result<WriteStdinResponse> {
         let result = async {
-            let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
-            let written = container
-                .stdio
+            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            let written = process
+                .stdio()
                 .write_stdin(&req.data)
                 .await
                 .map_err(|source| AgentError::Stdio {
@@ -230,9 +235,9 @@ impl agent_ttrpc::Agent for AgentService {
 
     async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
         let result = async {
-            let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
-            container
-                .stdio
+            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            process
+                .stdio()
                 .close_stdin()
                 .await
                 .map_err(|source| AgentError::Stdio {
@@ -288,9 +293,9 @@ impl agent_ttrpc::Agent for AgentService {
         let result = (|| {
             let rows = u16::try_from(req.rows).map_err(|_| invalid("rows", "out of range"))?;
             let cols = u16::try_from(req.cols).map_err(|_| invalid("cols", "out of range"))?;
-            let container = self.sandbox.process(&req.container_id, &req.exec_id)?;
-            container
-                .stdio
+            let process = self.sandbox.process(&req.container_id, &req.exec_id)?;
+            process
+                .stdio()
                 .resize(rows, cols)
                 .map_err(|source| AgentError::Stdio {
                     id: req.container_id.clone(),
@@ -302,6 +307,134 @@ impl agent_ttrpc::Agent for AgentService {
             &req.container_id,
             result.map(|()| Empty::new()),
         )
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        let result = self
+            .sandbox
+            .exec(&req.container_id, &req.exec_id, &req.process_json)
+            .await
+            .map(|pid| {
+                tracing::info!(container = %req.container_id, exec = %req.exec_id, pid = pid.as_raw(), "exec process started");
+                ExecProcessResponse {
+                    pid: u32::try_from(pid.as_raw()).unwrap_or_default(),
+                    ..Default::default()
+                }
+            });
+        reply("ExecProcess", &req.container_id, result)
+    }
+
+    async fn remove_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let result = self
+            .sandbox
+            .container(&req.container_id)
+            .and_then(|c| c.remove_exec(&req.exec_id));
+        reply(
+            "RemoveProcess",
+            &req.container_id,
+            result.map(|()| Empty::new()),
+        )
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        let result = self
+            .sandbox
+            .container(&req.container_id)
+            .and_then(|c| c.processes())
+            .map(|list| ListProcessesResponse {
+                processes: list
+                    .into_iter()
+                    .map(|(pid, exec_id)| ProcessInfo {
+                        pid: u32::try_from(pid.as_raw()).unwrap_or_default(),
+                        exec_id,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+        reply("ListProcesses", &req.container_id, result)
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        let result = self.sandbox.container(&req.container_id).map(|c| c.stats());
+        reply("StatsContainer", &req.container_id, result)
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let result = async {
+            let container = self.sandbox.container(&req.container_id)?;
+            container.freeze(true).await
+        }
+        .await;
+        reply(
+            "PauseContainer",
+            &req.container_id,
+            result.map(|()| Empty::new()),
+        )
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let result = async {
+            let container = self.sandbox.container(&req.container_id)?;
+            container.freeze(false).await
+        }
+        .await;
+        reply(
+            "ResumeContainer",
+            &req.container_id,
+            result.map(|()| Empty::new()),
+        )
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let result = (|| {
+            let resources: LinuxResources = serde_json::from_str(&req.resources_json)
+                .map_err(|e| invalid("resources_json", e.to_string()))?;
+            let container = self.sandbox.container(&req.container_id)?;
+            container.update(&resources)
+        })();
+        reply(
+            "UpdateContainer",
+            &req.container_id,
+            result.map(|()| Empty::new()),
+        )
+    }
+
+    async fn get_oom_event(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<OomEvent> {
+        let container_id = self.sandbox.next_oom(OOM_CHECK_INTERVAL).await;
+        tracing::warn!(container = %container_id, "OOM kill in the container");
+        Ok(OomEvent {
+            container_id,
+            ..Default::default()
+        })
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::container::cgroup::CgroupManager;
 use crate::container::create::{self, CreateRequest};
-use crate::container::{spec, Container};
+use crate::container::{spec, Container, Process};
 use crate::error::AgentError;
 use crate::reaper::Reaper;
 
@@ -207,16 +207,48 @@ impl Sandbox {
             .ok_or_else(|| AgentError::NoSuchContainer(id.to_string()))
     }
 
-    /// The container of a process; only the init process (empty exec id) exists so far.
-    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Container>, AgentError> {
+    /// A process: the container's init process for an empty exec id, else an exec process.
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Process, AgentError> {
         let container = self.container(id)?;
-        if !exec_id.is_empty() {
-            return Err(AgentError::NoSuchProcess {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            });
+        if exec_id.is_empty() {
+            return Ok(Process::Init(container));
         }
-        Ok(container)
+        let exec = container.exec_process(exec_id)?;
+        Ok(Process::Exec(container, exec))
+    }
+
+    /// ExecProcess: starts `process_json` in the container `id`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &str,
+    ) -> Result<nix::unistd::Pid, AgentError> {
+        let process = crate::container::exec::parse_process(process_json)?;
+        let container = self.container(id)?;
+        container
+            .exec(&self.reaper, exec_id.to_string(), process)
+            .await
+    }
+
+    /// Waits until a container's OOM kill count grows and returns its id; checks every
+    /// `interval` (cgroup v2 has no OOM notification a blocked reader can wait on that
+    /// works across all containers at once).
+    pub async fn next_oom(&self, interval: Duration) -> String {
+        loop {
+            let containers: Vec<Arc<Container>> =
+                self.lock_containers().running.values().cloned().collect();
+            for container in containers {
+                let kills = container.oom_kills();
+                let seen = container
+                    .oom_kills_seen
+                    .fetch_max(kills, std::sync::atomic::Ordering::SeqCst);
+                if kills > seen {
+                    return container.id.clone();
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
     }
 
     /// RemoveContainer.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use runv_agent_protocol::agent::{
     CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, Empty,
-    ProcessRequest, ReadStreamRequest, RemoveContainerRequest, ResizeTerminalRequest, Rootfs,
-    SignalProcessRequest, WriteStdinRequest,
+    ExecProcessRequest, ProcessRequest, ReadStreamRequest, RemoveContainerRequest,
+    ResizeTerminalRequest, Rootfs, SignalProcessRequest, UpdateContainerRequest, WriteStdinRequest,
 };
 use runv_agent_protocol::agent_ttrpc::AgentClient;
 use serde_json::{json, Value};
@@ -20,7 +20,7 @@ use ttrpc::Code;
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "sleep", "pwd", "hostname", "tty", "stty", "env", "true", "false",
-    "ls", "head", "wc", "kill", "ps", "mount", "touch", "grep", "mkdir",
+    "ls", "head", "wc", "kill", "ps", "mount", "touch", "grep", "mkdir", "readlink",
 ];
 
 fn ctx() -> ttrpc::context::Context {
@@ -115,6 +115,10 @@ impl TestAgent {
                  "options": ["nosuid", "nodev", "mode=1777"]}
             ],
             "linux": {
+                "namespaces": [
+                    {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
+                    {"type": "cgroup"}
+                ],
                 "resources": {"pids": {"limit": 64}, "memory": {"limit": 268435456}},
                 "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
                 "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
@@ -759,5 +763,339 @@ async fn containers_run_concurrently_without_blocking_each_other() {
     assert!(!blocked.is_finished());
     remove(&client, "silent", 0).await.unwrap();
     assert!(blocked.await.unwrap().is_empty());
+    agent.assert_clean();
+}
+
+fn exec_process(id: &str, exec_id: &str) -> ProcessRequest {
+    ProcessRequest {
+        container_id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn exec(
+    client: &AgentClient,
+    id: &str,
+    exec_id: &str,
+    process: &Value,
+) -> ttrpc::Result<u32> {
+    let req = ExecProcessRequest {
+        container_id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        process_json: process.to_string(),
+        ..Default::default()
+    };
+    client.exec_process(ctx(), &req).await.map(|r| r.pid)
+}
+
+async fn read_exec(client: &AgentClient, id: &str, exec_id: &str, stderr: bool) -> String {
+    let req = ReadStreamRequest {
+        container_id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        max_len: 64 * 1024,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let resp = if stderr {
+            client.read_stderr(ctx(), &req).await
+        } else {
+            client.read_stdout(ctx(), &req).await
+        }
+        .unwrap();
+        if resp.data.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend_from_slice(&resp.data);
+    }
+}
+
+async fn wait_exec(client: &AgentClient, id: &str, exec_id: &str) -> i32 {
+    client
+        .wait_process(ctx(), &exec_process(id, exec_id))
+        .await
+        .unwrap()
+        .exit_status
+}
+
+async fn listed_processes(client: &AgentClient, id: &str) -> Vec<(u32, String)> {
+    let req = ContainerRequest {
+        container_id: id.to_string(),
+        ..Default::default()
+    };
+    let mut list: Vec<(u32, String)> = client
+        .list_processes(ctx(), &req)
+        .await
+        .unwrap()
+        .processes
+        .into_iter()
+        .map(|p| (p.pid, p.exec_id))
+        .collect();
+    list.sort();
+    list
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_processes_join_the_container() {
+    let (agent, client) = TestAgent::start("exec").await;
+    let spec = agent.spec(&["sleep", "100"]);
+    create(&client, &agent, "box", &spec).await.unwrap();
+    let process = |args: &[&str]| {
+        json!({
+            "args": args,
+            "env": ["PATH=/bin", format!("RUNV_TEST_MARK={}", agent.mark)],
+            "cwd": "/tmp",
+            "user": {"uid": 1000, "gid": 1000}
+        })
+    };
+    // Not started yet: no exec.
+    let err = exec(&client, "box", "early", &process(&["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::FAILED_PRECONDITION, "{}", message(&err));
+    let init_pid = start(&client, "box").await.unwrap();
+
+    let script = "echo $$; hostname; cat /proc/1/cmdline; echo; id -u; pwd; \
+                  for ns in ipc uts mnt; do readlink /proc/self/ns/$ns; done; \
+                  echo err >&2; exit 3";
+    let pid = exec(&client, "box", "e1", &process(&["sh", "-c", script]))
+        .await
+        .unwrap();
+    assert!(pid > 1 && pid != init_pid);
+    let (out, err) = tokio::join!(
+        read_exec(&client, "box", "e1", false),
+        read_exec(&client, "box", "e1", true)
+    );
+    assert_eq!(wait_exec(&client, "box", "e1").await, 3);
+    assert_eq!(err, "err\n");
+    let lines: Vec<&str> = out.lines().collect();
+    let ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/{init_pid}/ns/{kind}"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let (ipc, uts, mnt) = (ns("ipc"), ns("uts"), ns("mnt"));
+    assert_eq!(lines.len(), 8, "{out:?}");
+    // In the container's pid namespace (not 1: that is the container's init).
+    let inner_pid: u32 = lines[0].parse().unwrap();
+    assert!(inner_pid > 1, "{out:?}");
+    assert_eq!(
+        &lines[1..],
+        [
+            "runv-test",
+            "sleep\u{0}100\u{0}",
+            "1000",
+            "/tmp",
+            ipc.as_str(),
+            uts.as_str(),
+            mnt.as_str()
+        ]
+    );
+    client
+        .remove_process(ctx(), &exec_process("box", "e1"))
+        .await
+        .unwrap();
+    let err = client
+        .wait_process(ctx(), &exec_process("box", "e1"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+
+    // A running exec process is listed with its exec id; signals reach it alone.
+    let pid = exec(&client, "box", "sleeper", &process(&["sleep", "100"]))
+        .await
+        .unwrap();
+    let err = exec(&client, "box", "sleeper", &process(&["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::ALREADY_EXISTS, "{}", message(&err));
+    assert_eq!(
+        listed_processes(&client, "box").await,
+        [(init_pid, String::new()), (pid, "sleeper".to_string())]
+    );
+    let err = client
+        .remove_process(ctx(), &exec_process("box", "sleeper"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::FAILED_PRECONDITION);
+    let kill = SignalProcessRequest {
+        container_id: "box".into(),
+        exec_id: "sleeper".into(),
+        signal: 9,
+        ..Default::default()
+    };
+    client.signal_process(ctx(), &kill).await.unwrap();
+    assert_eq!(wait_exec(&client, "box", "sleeper").await, 137);
+    // The container's init process is untouched.
+    let probe = SignalProcessRequest {
+        container_id: "box".into(),
+        signal: 0,
+        ..Default::default()
+    };
+    client.signal_process(ctx(), &probe).await.unwrap();
+
+    // A missing program fails ExecProcess itself, naming it.
+    let err = exec(&client, "box", "missing", &process(&["no-such-program"]))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND, "{}", message(&err));
+    assert!(
+        message(&err).contains("no-such-program"),
+        "{}",
+        message(&err)
+    );
+    let err = exec(
+        &client,
+        "box",
+        "bad",
+        &json!({"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT, "{}", message(&err));
+
+    // An exec process with a terminal of the asked size.
+    let mut tty = process(&["sh", "-c", "tty; stty size"]);
+    tty["terminal"] = json!(true);
+    tty["consoleSize"] = json!({"height": 21, "width": 77});
+    exec(&client, "box", "tty", &tty).await.unwrap();
+    let out = read_exec(&client, "box", "tty", false).await;
+    assert_eq!(wait_exec(&client, "box", "tty").await, 0);
+    let out = out.replace('\r', "");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("/dev/pts/"), "{out:?}");
+    assert_eq!(lines[1], "21 77", "{out:?}");
+
+    remove(&client, "box", 0).await.unwrap();
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_containers_join_the_first_ones_namespaces() {
+    let (agent, client) = TestAgent::start("pod").await;
+    let mut pause = agent.spec(&["sleep", "100"]);
+    pause["hostname"] = json!("pod-a");
+    create(&client, &agent, "pause", &pause).await.unwrap();
+    let pause_pid = start(&client, "pause").await.unwrap();
+
+    let mut member = agent.spec(&[
+        "sh",
+        "-c",
+        "hostname; cat /proc/1/cmdline; echo; readlink /proc/self/ns/ipc",
+    ]);
+    member.as_object_mut().unwrap().remove("hostname");
+    member["linux"]["namespaces"] = json!([
+        {"type": "pid", "path": format!("/proc/{pause_pid}/ns/pid")},
+        {"type": "ipc", "path": format!("/proc/{pause_pid}/ns/ipc")},
+        {"type": "uts", "path": format!("/proc/{pause_pid}/ns/uts")},
+        {"type": "mount"}
+    ]);
+    let (status, out, err) = run(&client, &agent, "member", &member).await;
+    assert_eq!(status, 0, "{err}");
+    let ipc = std::fs::read_link(format!("/proc/{pause_pid}/ns/ipc")).unwrap();
+    assert_eq!(
+        out,
+        format!("pod-a\nsleep\u{0}100\u{0}\n{}\n", ipc.display())
+    );
+
+    // A namespace path that is not there fails the create and leaves nothing.
+    let mut bad = agent.spec(&["true"]);
+    bad["linux"]["namespaces"] =
+        json!([{"type": "mount"}, {"type": "ipc", "path": "/proc/999999999/ns/ipc"}]);
+    let err = create(&client, &agent, "bad", &bad).await.unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT, "{}", message(&err));
+    assert!(
+        message(&err).contains("/proc/999999999/ns/ipc"),
+        "{}",
+        message(&err)
+    );
+    let mut user = agent.spec(&["true"]);
+    user["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "user"}]);
+    let err = create(&client, &agent, "user", &user).await.unwrap_err();
+    assert!(
+        message(&err).contains("user namespaces"),
+        "{}",
+        message(&err)
+    );
+
+    remove(&client, "pause", 0).await.unwrap();
+    agent.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_stats_and_update() {
+    let (agent, client) = TestAgent::start("freeze").await;
+    let script = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; done";
+    let spec = agent.spec(&["sh", "-c", script]);
+    create(&client, &agent, "busy", &spec).await.unwrap();
+    let pid = start(&client, "busy").await.unwrap();
+    let count_file = format!("/proc/{pid}/root/tmp/count");
+    let count = || -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(n) = std::fs::read_to_string(&count_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                return n;
+            }
+            assert!(Instant::now() < deadline, "no count in {count_file}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let req = ContainerRequest {
+        container_id: "busy".into(),
+        ..Default::default()
+    };
+    let first = count();
+    client.pause_container(ctx(), &req).await.unwrap();
+    let frozen = count();
+    assert!(frozen >= first);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(), frozen, "the count moved while paused");
+    let stats = client.stats_container(ctx(), &req).await.unwrap();
+    assert!(stats.cpu.usage_usec > 0, "{stats:?}");
+    client.resume_container(ctx(), &req).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() == frozen {
+        assert!(
+            Instant::now() < deadline,
+            "the count did not move after resume"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Resources are parsed and checked; a bad one names the problem.
+    let update = |json: &str| UpdateContainerRequest {
+        container_id: "busy".into(),
+        resources_json: json.into(),
+        ..Default::default()
+    };
+    let err = client
+        .update_container(ctx(), &update("{\"memory\": {\"limit\": \"x\"}}"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT, "{}", message(&err));
+    let err = client
+        .update_container(
+            ctx(),
+            &update("{\"memory\": {\"limit\": 100, \"swap\": 50}}"),
+        )
+        .await
+        .unwrap_err();
+    assert!(message(&err).contains("memory.swap"), "{}", message(&err));
+    let missing = UpdateContainerRequest {
+        container_id: "nope".into(),
+        resources_json: "{}".into(),
+        ..Default::default()
+    };
+    let err = client.update_container(ctx(), &missing).await.unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+
+    remove(&client, "busy", 0).await.unwrap();
+    let err = client.pause_container(ctx(), &req).await.unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
     agent.assert_clean();
 }

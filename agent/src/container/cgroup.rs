@@ -100,6 +100,11 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// The cgroup's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Writes the limits of `resources`.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
         for (file, value) in limits(resources)? {
@@ -159,6 +164,31 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// Freezes (`true`) or thaws the cgroup's processes and waits until the kernel reports
+    /// the new state in `cgroup.events`.
+    pub async fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let path = self.path.join("cgroup.freeze");
+        write_file(&path, if frozen { "1" } else { "0" }).map_err(io_error(&path))?;
+        let events = self.path.join("cgroup.events");
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        // Freezing waits for every task to reach the freezer; a task stuck in an
+        // uninterruptible sleep can delay it, so give up after a while.
+        for _ in 0..500 {
+            let text = fs::read_to_string(&events).map_err(io_error(&events))?;
+            if text.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(CgroupError::Io {
+            path: events,
+            source: std::io::Error::new(
+                ErrorKind::TimedOut,
+                format!("still not \"{want}\" after 5 s"),
+            ),
+        })
     }
 
     /// Removes the cgroup, retrying while the kernel still counts exiting processes.

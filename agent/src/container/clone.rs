@@ -1,4 +1,4 @@
-//! Clones a container's init process into its namespaces.
+//! Clones a container's init process, or an exec process, into its namespaces.
 //!
 //! The agent is multi-threaded, so the child does nothing between clone and exec but
 //! `dup2` and `execve` with arguments prepared beforehand: it re-executes this binary as
@@ -12,7 +12,6 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sched::CloneFlags;
 
-use crate::cli::CONTAINER_INIT_ARG;
 use crate::reaper::{ExitReceiver, Reaper};
 
 /// Stack of the cloned child until it execs (it only calls dup2 and execve).
@@ -32,11 +31,26 @@ fn dup_high(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Clones the init process into new mount, pid, uts and ipc namespaces and registers it
-/// with the reaper.
-pub fn clone_init(
+/// What to clone: the program mode and the namespaces.
+pub struct CloneSpec<'a> {
+    /// argv[1] of the re-executed agent: the container init or an exec process.
+    pub mode: &'static str,
+    /// Namespaces the clone creates.
+    pub flags: CloneFlags,
+    /// A pid namespace to clone the child into (an open `/proc/<pid>/ns/pid`).
+    pub pid_ns: Option<&'a std::fs::File>,
+}
+
+/// Clones a process that re-executes this binary in `spec.mode` and registers it with the
+/// reaper.
+///
+/// Joining a pid namespace takes a `setns` by the cloning thread itself (a process cannot
+/// move into another pid namespace; only its future children can). That is done on a
+/// short-lived thread of its own, so no thread of the agent's runtime changes namespace.
+pub fn clone_child(
     reaper: &Reaper,
     fds: InitFds<'_>,
+    spec: CloneSpec<'_>,
 ) -> Result<(nix::unistd::Pid, ExitReceiver), Errno> {
     let copies = [
         dup_high(fds.stdio[0])?,
@@ -50,17 +64,36 @@ pub fn clone_init(
         copies[2].as_raw_fd(),
         copies[3].as_raw_fd(),
     ];
+    let result = match spec.pid_ns {
+        None => clone_exec(reaper, sources, spec.mode, spec.flags),
+        Some(pid_ns) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(pid_ns, CloneFlags::CLONE_NEWPID)?;
+                    clone_exec(reaper, sources, spec.mode, spec.flags)
+                })
+                .join()
+                .unwrap_or(Err(Errno::EIO))
+        }),
+    };
+    drop(copies);
+    result
+}
+
+/// The clone itself: the child moves `sources` to fds 0-3 and execs the agent in `mode`.
+fn clone_exec(
+    reaper: &Reaper,
+    sources: [RawFd; 4],
+    mode: &'static str,
+    flags: CloneFlags,
+) -> Result<(nix::unistd::Pid, ExitReceiver), Errno> {
     let targets: [RawFd; 4] = [0, 1, 2, 3];
     let exe = CString::new("/proc/self/exe").map_err(|_| Errno::EINVAL)?;
     let arg0 = CString::new("runv-agent").map_err(|_| Errno::EINVAL)?;
-    let arg1 = CString::new(CONTAINER_INIT_ARG).map_err(|_| Errno::EINVAL)?;
+    let arg1 = CString::new(mode).map_err(|_| Errno::EINVAL)?;
     let argv: [*const libc::c_char; 3] = [arg0.as_ptr(), arg1.as_ptr(), ptr::null()];
     let envp: [*const libc::c_char; 1] = [ptr::null()];
     let mut stack = vec![0u8; CHILD_STACK_SIZE];
-    let flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
 
     let child = Box::new(|| -> isize {
         for (source, target) in sources.iter().zip(targets.iter()) {
@@ -76,12 +109,10 @@ pub fn clone_init(
         // SAFETY: as above; the exec failed.
         unsafe { libc::_exit(127) }
     });
-    let result = reaper.spawn(|| {
+    reaper.spawn(|| {
         // SAFETY: the child runs only the closure above (dup2, execve, _exit), which is safe
         // between clone and exec in a multi-threaded process; `stack` outlives the call
         // and the child has its own copy of it (no CLONE_VM).
         unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
-    });
-    drop(copies);
-    result
+    })
 }

@@ -10,10 +10,11 @@ use oci_spec::runtime::Spec;
 
 use super::cgroup::{Cgroup, CgroupManager};
 use super::channel::InitChannel;
-use super::clone::{clone_init, InitFds};
+use super::clone::{clone_child, CloneSpec, InitFds};
 use super::stdio::{self, Stdio};
 use super::sync::{FromInit, InitConfig, InitFailure, ToInit};
-use super::{spec, Container, Lifecycle};
+use super::{namespaces, spec, Container, Lifecycle};
+use crate::cli::CONTAINER_INIT_ARG;
 use crate::error::AgentError;
 use crate::reaper::{self, ExitReceiver, Reaper};
 
@@ -32,11 +33,13 @@ pub async fn create(
     req: CreateRequest,
 ) -> Result<Container, AgentError> {
     let id = req.container_id.clone();
+    // Checked before anything is made, so a bad namespace leaves nothing behind.
+    let plan = namespaces::plan(&req.spec)?;
     let cgroup = cgroups.create(&id).map_err(|source| AgentError::Cgroup {
         id: id.clone(),
         source,
     })?;
-    let result = create_in_cgroup(reaper, &cgroup, req).await;
+    let result = create_in_cgroup(reaper, &cgroup, req, plan).await;
     match result {
         Ok(parts) => Ok(Container {
             id,
@@ -45,6 +48,8 @@ pub async fn create(
             stdio: parts.stdio,
             cgroup,
             lifecycle: Mutex::new(Lifecycle::Created(parts.channel)),
+            execs: Mutex::default(),
+            oom_kills_seen: std::sync::atomic::AtomicU64::new(0),
         }),
         Err(err) => {
             if let Err(rm) = cgroup.remove().await {
@@ -66,6 +71,7 @@ async fn create_in_cgroup(
     reaper: &Reaper,
     cgroup: &Cgroup,
     req: CreateRequest,
+    plan: namespaces::Plan,
 ) -> Result<Parts, AgentError> {
     let id = req.container_id.clone();
     let os = |what: &'static str| {
@@ -101,11 +107,25 @@ async fn create_in_cgroup(
     )
     .map_err(os("sync socket"))?;
 
-    let (pid, exit) = clone_init(
+    let pid_ns = match &plan.join_pid {
+        Some(path) => Some(std::fs::File::open(path).map_err(|e| {
+            AgentError::os(
+                format!("container {id:?}: open pid namespace {}", path.display()),
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?),
+        None => None,
+    };
+    let (pid, exit) = clone_child(
         reaper,
         InitFds {
             stdio: [&child_stdio[0], &child_stdio[1], &child_stdio[2]],
             sync: &init_sock,
+        },
+        CloneSpec {
+            mode: CONTAINER_INIT_ARG,
+            flags: plan.clone_flags,
+            pid_ns: pid_ns.as_ref(),
         },
     )
     .map_err(os("clone init process"))?;
@@ -129,6 +149,8 @@ async fn create_in_cgroup(
             spec: req.spec,
             rootfs: req.rootfs,
             readonly_root: req.readonly_root,
+            join: plan.join,
+            new_cgroup: plan.new_cgroup,
         };
         let sync_err = |source| AgentError::Sync {
             id: id.clone(),
@@ -201,7 +223,7 @@ async fn create_in_cgroup(
     }
 }
 
-fn null_stdio() -> Result<[OwnedFd; 3], nix::errno::Errno> {
+pub(super) fn null_stdio() -> Result<[OwnedFd; 3], nix::errno::Errno> {
     let open = || -> Result<OwnedFd, nix::errno::Errno> {
         std::fs::OpenOptions::new()
             .read(true)

@@ -1,4 +1,5 @@
-//! The container's init process: `runv-agent __container-init`.
+//! The container's init process, `runv-agent __container-init`, and exec processes,
+//! `runv-agent __container-exec`.
 //!
 //! The agent clones it into new mount, pid, uts and ipc namespaces with the container's
 //! stdio as fds 0-2 and the sync socket as fd 3, then places it in the container's cgroup.
@@ -18,7 +19,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Uid};
 
 use super::sync::{self, FailureKind, FrameBuffer, FromInit, InitConfig, InitFailure, ToInit};
-use super::{capabilities, devices, lookup, mounts, process_attrs, spec};
+use super::{capabilities, devices, lookup, mounts, namespaces, process_attrs, spec};
 
 /// Terminal size (rows, cols) when the spec gives no consoleSize.
 const DEFAULT_TERMINAL_SIZE: (u16, u16) = (24, 80);
@@ -28,7 +29,17 @@ pub const SYNC_FD: RawFd = 3;
 
 /// Runs the container's init process. Never returns.
 pub fn main() -> ! {
-    let code = match run() {
+    finish(run())
+}
+
+/// Runs an exec process: joins the container's namespaces, prepares the process and
+/// execs it. Never returns.
+pub fn exec_main() -> ! {
+    finish(run_exec())
+}
+
+fn finish(result: Result<Infallible, InitFailure>) -> ! {
+    let code = match result {
         Ok(never) => match never {},
         Err(failure) => {
             if sync::send_blocking(SYNC_FD, &FromInit::Failed(failure.clone()), None).is_err() {
@@ -44,16 +55,50 @@ pub fn main() -> ! {
     std::process::exit(code)
 }
 
-fn run() -> Result<Infallible, InitFailure> {
+/// The sync socket (fd 3), close-on-exec from now on.
+fn sync_socket() -> Result<BorrowedFd<'static>, InitFailure> {
     fcntl(SYNC_FD, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .map_err(|e| InitFailure::os("sync fd", e))?;
     // SAFETY: fd 3 is the sync socket the agent set up for us; nothing else in this
-    // process uses it as anything else.
-    let sock = unsafe { BorrowedFd::borrow_raw(SYNC_FD) };
+    // process uses it as anything else, and it stays open until exec or exit.
+    Ok(unsafe { BorrowedFd::borrow_raw(SYNC_FD) })
+}
+
+fn run_exec() -> Result<Infallible, InitFailure> {
+    let sock = sync_socket()?;
+    let mut frames = FrameBuffer::default();
+    let config = match sync::recv_blocking(&sock, &mut frames) {
+        Ok(Some(ToInit::Exec(config))) => config,
+        Ok(Some(_)) => return Err(InitFailure::internal("exec process got no exec config")),
+        Ok(None) => std::process::exit(1),
+        Err(err) => return Err(InitFailure::internal(err.to_string())),
+    };
+    namespaces::join_all(&config.join)?;
+    nix::unistd::setsid().map_err(|e| InitFailure::os("setsid", e))?;
+    if config.process.terminal().unwrap_or(false) {
+        let size = config.process.console_size().as_ref().map(|s| {
+            (
+                u16::try_from(s.height()).unwrap_or(u16::MAX),
+                u16::try_from(s.width()).unwrap_or(u16::MAX),
+            )
+        });
+        setup_terminal(size, false)?;
+    }
+    let (program, args, env) = prepare_process(&config.process)?;
+    reset_signals();
+    let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
+    Err(InitFailure::os(
+        format!("exec {}", program.to_string_lossy()),
+        err,
+    ))
+}
+
+fn run() -> Result<Infallible, InitFailure> {
+    let sock = sync_socket()?;
     let mut frames = FrameBuffer::default();
     let config = match sync::recv_blocking(&sock, &mut frames) {
         Ok(Some(ToInit::Config(config))) => config,
-        Ok(Some(ToInit::Start)) => return Err(InitFailure::internal("start before config")),
+        Ok(Some(_)) => return Err(InitFailure::internal("start before config")),
         Ok(None) => std::process::exit(1),
         Err(err) => return Err(InitFailure::internal(err.to_string())),
     };
@@ -86,7 +131,10 @@ fn prepare(
         .as_ref()
         .ok_or_else(|| InitFailure::new(FailureKind::InvalidArgument, "process is missing"))?;
 
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| InitFailure::os("cgroup namespace", e))?;
+    namespaces::join_all(&config.join)?;
+    if config.new_cgroup {
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| InitFailure::os("cgroup namespace", e))?;
+    }
     nix::unistd::setsid().map_err(|e| InitFailure::os("setsid", e))?;
 
     let rootfs = &config.rootfs;
@@ -101,7 +149,7 @@ fn prepare(
     }
 
     if spec::terminal(spec) {
-        setup_terminal(spec::console_size(spec))?;
+        setup_terminal(spec::console_size(spec), true)?;
     }
     if let Some(linux) = spec.linux() {
         if let Some(sysctls) = linux.sysctl() {
@@ -117,6 +165,14 @@ fn prepare(
         nix::unistd::sethostname(hostname)
             .map_err(|e| InitFailure::os(format!("sethostname {hostname:?}"), e))?;
     }
+    prepare_process(process)
+}
+
+/// The process part, shared by the init and exec processes: limits, privileges, user,
+/// cwd; returns the program, argv and environment.
+fn prepare_process(
+    process: &oci_spec::runtime::Process,
+) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
     process_attrs::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     if let Some(score) = process.oom_score_adj() {
         process_attrs::set_oom_score_adj(score)?;
@@ -145,7 +201,10 @@ fn prepare(
 
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let args: Vec<String> = process.args().clone().unwrap_or_default();
-    let program = lookup::resolve(&args[0], lookup::path_from_env(&env))?;
+    let first = args
+        .first()
+        .ok_or_else(|| InitFailure::new(FailureKind::InvalidArgument, "process.args is empty"))?;
+    let program = lookup::resolve(first, lookup::path_from_env(&env))?;
     Ok((
         c_string(program.as_os_str().as_encoded_bytes())?,
         c_strings(&args)?,
@@ -167,8 +226,9 @@ fn c_strings(items: &[String]) -> Result<Vec<CString>, InitFailure> {
 }
 
 /// A pty from the container's own devpts: the slave becomes fds 0-2, the controlling
-/// terminal and /dev/console; the master goes to the agent.
-fn setup_terminal(size: Option<(u16, u16)>) -> Result<(), InitFailure> {
+/// terminal and (for the init process, `console`) /dev/console; the master goes to the
+/// agent.
+fn setup_terminal(size: Option<(u16, u16)>, console: bool) -> Result<(), InitFailure> {
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| InitFailure::os("open /dev/ptmx", e))?;
     nix::pty::grantpt(&master).map_err(|e| InitFailure::os("grantpt", e))?;
@@ -189,7 +249,9 @@ fn setup_terminal(size: Option<(u16, u16)>) -> Result<(), InitFailure> {
     let (rows, cols) = size.unwrap_or(DEFAULT_TERMINAL_SIZE);
     super::stdio::set_window_size(master.as_raw_fd(), rows, cols)
         .map_err(|e| InitFailure::os("set terminal size", e))?;
-    bind_console(Path::new(&slave_path))?;
+    if console {
+        bind_console(Path::new(&slave_path))?;
+    }
     // SAFETY: TIOCSCTTY takes an int argument; the fd is our open slave and we are a
     // session leader without a controlling terminal.
     let ret = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY as _, 0) };

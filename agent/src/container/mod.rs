@@ -7,20 +7,26 @@ mod channel;
 mod clone;
 pub mod create;
 mod devices;
+pub mod exec;
 pub mod init_process;
 mod kill;
 mod lookup;
 mod mounts;
+pub mod namespaces;
 mod process_attrs;
 pub mod spec;
 mod start;
+pub mod stats;
 pub mod stdio;
 pub mod sync;
 
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::error::AgentError;
 use crate::reaper::{ExitReceiver, ExitStatus};
 use cgroup::Cgroup;
 use channel::InitChannel;
@@ -45,6 +51,9 @@ pub struct Container {
     pub stdio: Stdio,
     cgroup: Cgroup,
     lifecycle: Mutex<Lifecycle>,
+    execs: Mutex<exec::Execs>,
+    /// The cgroup's OOM kill count already reported.
+    pub oom_kills_seen: AtomicU64,
 }
 
 impl Container {
@@ -58,9 +67,103 @@ impl Container {
         crate::reaper::wait_exit(self.exit.clone()).await
     }
 
+    /// Every process in the container's cgroup, with its exec id where it has one.
+    pub fn processes(&self) -> Result<Vec<(Pid, String)>, AgentError> {
+        let execs = self.exec_pids();
+        let pids = self
+            .cgroup
+            .procs()
+            .map_err(|source| self.cgroup_error(source))?;
+        Ok(pids
+            .into_iter()
+            .map(|pid| {
+                let exec_id = execs.get(&pid.as_raw()).cloned().unwrap_or_default();
+                (pid, exec_id)
+            })
+            .collect())
+    }
+
+    /// The cgroup's resource figures.
+    pub fn stats(&self) -> runv_agent_protocol::agent::StatsContainerResponse {
+        stats::read_stats(self.cgroup.path())
+    }
+
+    /// The cgroup's OOM kill count.
+    pub fn oom_kills(&self) -> u64 {
+        stats::oom_kills(self.cgroup.path())
+    }
+
+    /// Freezes (`true`) or thaws every process of the container.
+    pub async fn freeze(&self, frozen: bool) -> Result<(), AgentError> {
+        if self.exit_status().is_some() {
+            return Err(self.wrong_state("has exited"));
+        }
+        self.cgroup
+            .freeze(frozen)
+            .await
+            .map_err(|source| self.cgroup_error(source))
+    }
+
+    /// Applies new limits.
+    pub fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<(), AgentError> {
+        self.cgroup
+            .apply(resources)
+            .map_err(|source| self.cgroup_error(source))
+    }
+
+    fn cgroup_error(&self, source: cgroup::CgroupError) -> AgentError {
+        AgentError::Cgroup {
+            id: self.id.clone(),
+            source,
+        }
+    }
+
     fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
         self.lifecycle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A process of a container: its init process or an exec process.
+#[derive(Clone)]
+pub enum Process {
+    Init(Arc<Container>),
+    Exec(Arc<Container>, Arc<exec::ExecProcess>),
+}
+
+impl Process {
+    pub fn stdio(&self) -> &Stdio {
+        match self {
+            Self::Init(c) => &c.stdio,
+            Self::Exec(_, e) => &e.stdio,
+        }
+    }
+
+    pub async fn wait(&self) -> ExitStatus {
+        match self {
+            Self::Init(c) => c.wait().await,
+            Self::Exec(_, e) => e.wait().await,
+        }
+    }
+
+    /// Signals the process, or with `all` every process of the container.
+    pub fn signal(&self, signal: Signal, all: bool) -> Result<(), AgentError> {
+        match self {
+            Self::Init(c) => c.signal(signal, all),
+            Self::Exec(c, _) if all => c.signal(signal, true),
+            Self::Exec(c, e) => e.signal(&c.id, signal),
+        }
+    }
+
+    /// Signal 0: succeeds while the process has not exited.
+    pub fn probe(&self) -> Result<(), AgentError> {
+        match self {
+            Self::Init(c) => c.probe(),
+            Self::Exec(c, e) => match e.exit_status() {
+                Some(_) => Err(c.wrong_state("process has exited")),
+                None => Ok(()),
+            },
+        }
     }
 }

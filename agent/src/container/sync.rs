@@ -2,7 +2,8 @@
 //!
 //! A `SOCK_STREAM` socketpair carries length-prefixed JSON frames both ways:
 //!
-//! - agent → init: [`ToInit::Config`] once the init is in its cgroup, later [`ToInit::Start`];
+//! - agent → init: [`ToInit::Config`] once the init is in its cgroup, later [`ToInit::Start`]
+//!   (an exec process gets [`ToInit::Exec`] and execs without waiting for a start);
 //! - init → agent: [`FromInit::Pty`] (with the pty master attached as `SCM_RIGHTS`) for a
 //!   terminal, then [`FromInit::Ready`] or [`FromInit::Failed`]; after Start, a failed exec
 //!   sends `Failed`, a successful one closes the init's end (close-on-exec), which the agent
@@ -28,6 +29,20 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     /// Remount the root read-only.
     pub readonly_root: bool,
+    /// Namespaces to join before the setup.
+    pub join: Vec<super::namespaces::Join>,
+    /// Unshare a new cgroup namespace.
+    pub new_cgroup: bool,
+}
+
+/// What an exec process needs: the namespaces to join and the process to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecConfig {
+    pub container_id: String,
+    pub exec_id: String,
+    /// The container's namespaces, the mount namespace last.
+    pub join: Vec<super::namespaces::Join>,
+    pub process: oci_spec::runtime::Process,
 }
 
 /// Messages from the agent to the init process.
@@ -35,6 +50,8 @@ pub struct InitConfig {
 pub enum ToInit {
     Config(Box<InitConfig>),
     Start,
+    /// To an exec process: prepare and exec at once.
+    Exec(Box<ExecConfig>),
 }
 
 /// Messages from the init process to the agent.

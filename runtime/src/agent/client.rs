@@ -224,12 +224,8 @@ impl AgentClient {
 
     /// Starts a created container; returns its init's pid in the guest.
     pub async fn start_container(&self, container_id: &str) -> Result<u32, AgentError> {
-        let req = pb::ContainerRequest {
-            container_id: container_id.to_string(),
-            ..Default::default()
-        };
         self.inner
-            .start_container(self.ctx(), &req)
+            .start_container(self.ctx(), &container_request(container_id))
             .await
             .map(|r| r.pid)
             .map_err(|e| AgentError::from_ttrpc("StartContainer", Some(self.timeout), e))
@@ -375,6 +371,108 @@ impl AgentClient {
             .map_err(|e| AgentError::from_ttrpc("ResizeTerminal", Some(self.timeout), e))
     }
 
+    /// Starts a process described by `process_json` (an OCI process object) in a running
+    /// container; returns its pid in the guest.
+    pub async fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process_json: String,
+    ) -> Result<u32, AgentError> {
+        let req = pb::ExecProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            process_json,
+            ..Default::default()
+        };
+        self.inner
+            .exec_process(self.ctx(), &req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| AgentError::from_ttrpc("ExecProcess", Some(self.timeout), e))
+    }
+
+    /// Forgets an exited exec process.
+    pub async fn remove_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<(), AgentError> {
+        self.inner
+            .remove_process(self.ctx(), &process_request(container_id, exec_id))
+            .await
+            .map(drop)
+            .map_err(|e| AgentError::from_ttrpc("RemoveProcess", Some(self.timeout), e))
+    }
+
+    /// Every process of the container.
+    pub async fn list_processes(
+        &self,
+        container_id: &str,
+    ) -> Result<Vec<pb::ProcessInfo>, AgentError> {
+        self.inner
+            .list_processes(self.ctx(), &container_request(container_id))
+            .await
+            .map(|r| r.processes)
+            .map_err(|e| AgentError::from_ttrpc("ListProcesses", Some(self.timeout), e))
+    }
+
+    /// Resource use of the container.
+    pub async fn stats_container(
+        &self,
+        container_id: &str,
+    ) -> Result<pb::StatsContainerResponse, AgentError> {
+        self.inner
+            .stats_container(self.ctx(), &container_request(container_id))
+            .await
+            .map_err(|e| AgentError::from_ttrpc("StatsContainer", Some(self.timeout), e))
+    }
+
+    /// Freezes every process of the container.
+    pub async fn pause_container(&self, container_id: &str) -> Result<(), AgentError> {
+        self.inner
+            .pause_container(self.ctx(), &container_request(container_id))
+            .await
+            .map(drop)
+            .map_err(|e| AgentError::from_ttrpc("PauseContainer", Some(self.timeout), e))
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume_container(&self, container_id: &str) -> Result<(), AgentError> {
+        self.inner
+            .resume_container(self.ctx(), &container_request(container_id))
+            .await
+            .map(drop)
+            .map_err(|e| AgentError::from_ttrpc("ResumeContainer", Some(self.timeout), e))
+    }
+
+    /// Applies `resources_json` (OCI linux.resources) to the container's cgroup.
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources_json: String,
+    ) -> Result<(), AgentError> {
+        let req = pb::UpdateContainerRequest {
+            container_id: container_id.to_string(),
+            resources_json,
+            ..Default::default()
+        };
+        self.inner
+            .update_container(self.ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| AgentError::from_ttrpc("UpdateContainer", Some(self.timeout), e))
+    }
+
+    /// Waits, without a time limit, for the next OOM kill; returns the container's id.
+    pub async fn get_oom_event(&self) -> Result<String, AgentError> {
+        self.inner
+            .get_oom_event(Self::no_timeout(), &pb::Empty::new())
+            .await
+            .map(|r| r.container_id)
+            .map_err(|e| AgentError::from_ttrpc("GetOomEvent", None, e))
+    }
+
     /// Asks the guest to stop its containers and power off.
     pub async fn shutdown(&self) -> Result<(), AgentError> {
         self.inner
@@ -382,6 +480,13 @@ impl AgentClient {
             .await
             .map(drop)
             .map_err(|e| AgentError::from_ttrpc("Shutdown", Some(self.timeout), e))
+    }
+}
+
+fn container_request(container_id: &str) -> pb::ContainerRequest {
+    pb::ContainerRequest {
+        container_id: container_id.to_string(),
+        ..Default::default()
     }
 }
 
