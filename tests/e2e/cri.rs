@@ -101,7 +101,7 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
     let name = unique_name(&format!("cri-{handler}"));
     let log_dir = containerd.dir().join("pods").join(&name);
     std::fs::create_dir_all(&log_dir).expect("pod log dir");
-    let pod_config = cri::host_network_pod(&name, &log_dir);
+    let pod_config = cri::host_network_pod(&name, &log_dir, &containerd.cgroup_parent());
     let pod = cri
         .run_pod_sandbox(&pod_config, handler)
         .unwrap_or_else(|e| panic!("{}", log("RunPodSandbox", e)));
@@ -130,6 +130,14 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
     }
 
     let helpers = descendants_of(&containerd.shim_pids());
+    eprintln!("processes of the pod's shims: {helpers:?}");
+    // The shims' sockets (in /run/containerd/s, outside the test's directory).
+    let sockets: Vec<_> = std::iter::once(&pod)
+        .chain(&ids)
+        .map(|id| containerd.shim_socket(CRI_NAMESPACE, id))
+        .filter(|socket| socket.exists())
+        .collect();
+    assert!(!sockets.is_empty(), "no socket of the pod's shims");
     let mut report = PodReport {
         boot_ids: Vec::new(),
         releases: Vec::new(),
@@ -193,6 +201,14 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
     wait_until_gone("mounts", limit, || {
         let mounts = mounts_mentioning(&containerd.dir().display().to_string());
         (!mounts.is_empty()).then(|| format!("{mounts:?}"))
+    });
+    wait_until_gone("shim sockets", limit, || {
+        let left: Vec<_> = sockets.iter().filter(|s| s.exists()).collect();
+        (!left.is_empty()).then(|| format!("{left:?}"))
+    });
+    wait_until_gone("cgroups", limit, || {
+        let cgroups = containerd.cgroups();
+        (!cgroups.is_empty()).then(|| format!("{cgroups:?}"))
     });
     assert_no_leaks(&pod);
     for id in &ids {

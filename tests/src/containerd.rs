@@ -251,6 +251,51 @@ impl Containerd {
             .collect()
     }
 
+    /// The socket a shim of this containerd serves for task (or group) `id` of `namespace`:
+    /// containerd's shims (the Go ones and the Rust crate's) put it in /run/containerd/s,
+    /// named by the SHA-256 of containerd's address, the namespace and the id.
+    pub fn shim_socket(&self, namespace: &str, id: &str) -> PathBuf {
+        use sha2::Digest;
+        let key = self.socket().join(namespace).join(id);
+        let hash = sha2::Sha256::digest(key.display().to_string().as_bytes());
+        let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        Path::new("/run/containerd/s").join(name)
+    }
+
+    /// The cgroup parent of the pods of this containerd (`cri::host_network_pod`): a path of
+    /// its own, removed with it.
+    pub fn cgroup_parent(&self) -> String {
+        let name = self.dir.path().file_name().expect("temp dir name");
+        format!("/runv-tests/{}", name.to_string_lossy())
+    }
+
+    /// The cgroups below `cgroup_parent` in every hierarchy, deepest first.
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let parent = self.cgroup_parent();
+        let mut hierarchies = vec![PathBuf::from("/sys/fs/cgroup")];
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            hierarchies.extend(entries.flatten().map(|e| e.path()));
+        }
+        let mut found = Vec::new();
+        for hierarchy in hierarchies {
+            let top = hierarchy.join(parent.trim_start_matches('/'));
+            let mut pending = vec![top];
+            while let Some(dir) = pending.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        found.push(entry.path());
+                        pending.push(entry.path());
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        found
+    }
+
     /// The pid of the runv shim of task `id` in the default namespace.
     pub fn shim_pid(&self, id: &str) -> Option<i32> {
         processes_mentioning(&format!(
@@ -355,6 +400,25 @@ impl Drop for Containerd {
                 for id in stdout(&out).lines() {
                     let _ = runc(&["kill", "--all", id, "KILL"]);
                     let _ = runc(&["delete", "--force", id]);
+                }
+            }
+        }
+        // The cgroups of its pods (empty now that their processes are gone), then the parent
+        // (and the common one, unless another test uses it).
+        if self.cri {
+            for dir in self.cgroups() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            let parent = self.cgroup_parent();
+            let mut hierarchies = vec![PathBuf::from("/sys/fs/cgroup")];
+            if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+                hierarchies.extend(entries.flatten().map(|e| e.path()));
+            }
+            for hierarchy in hierarchies {
+                let dir = hierarchy.join(parent.trim_start_matches('/'));
+                if dir.is_dir() {
+                    let _ = std::fs::remove_dir(&dir);
+                    let _ = dir.parent().map(std::fs::remove_dir);
                 }
             }
         }

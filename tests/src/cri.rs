@@ -240,8 +240,9 @@ pub fn host_network_namespaces() -> api::NamespaceOption {
 }
 
 /// The config of pod `name` on the host network (no CNI plugin is involved), logging its
-/// containers' output under `log_dir`.
-pub fn host_network_pod(name: &str, log_dir: &Path) -> api::PodSandboxConfig {
+/// containers' output under `log_dir`, its cgroups under `cgroup_parent`
+/// (`Containerd::cgroup_parent`).
+pub fn host_network_pod(name: &str, log_dir: &Path, cgroup_parent: &str) -> api::PodSandboxConfig {
     api::PodSandboxConfig {
         metadata: Some(api::PodSandboxMetadata {
             name: name.to_string(),
@@ -251,6 +252,7 @@ pub fn host_network_pod(name: &str, log_dir: &Path) -> api::PodSandboxConfig {
         }),
         log_directory: log_dir.display().to_string(),
         linux: Some(api::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.to_string(),
             security_context: Some(api::LinuxSandboxSecurityContext {
                 namespace_options: Some(host_network_namespaces()),
                 ..Default::default()
