@@ -10,6 +10,7 @@ pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod device_loop;
 pub mod device_manager;
 pub mod devices;
 pub mod jailer;

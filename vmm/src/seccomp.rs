@@ -2,9 +2,17 @@
 //!
 //! All files, sockets, KVM objects and memory are set up before the filters go on, so the
 //! running monitor needs no `open`, `execve`, `fork`, `mount`, `ptrace` or the like. The
-//! lists allow what the running threads do: vCPU threads run KVM_RUN and device register
-//! accesses (device activation included: vhost-user messages, vsock connects to host
-//! listeners); the main thread runs the event loop, the API socket and the vsock muxer.
+//! lists allow what the running threads do, one list per thread kind:
+//!
+//! * vCPU threads run KVM_RUN and device register accesses (device activation included:
+//!   vhost-user messages, vsock connects to host listeners);
+//! * the device thread runs the virtio queue and backend processing (disk I/O and flushes,
+//!   tap frames, the vsock muxer: accepting host clients, connecting to host listeners); it
+//!   creates no eventfds, sets no socket options and removes no files;
+//! * the main thread runs the exit, console and API events: it accepts console and API
+//!   clients and sets their write timeouts, removes its sockets at the end, and makes no new
+//!   sockets and no connections.
+//!
 //! Anything else kills the process (SIGSYS), which `--no-seccomp` turns off for debugging.
 //!
 //! `ioctl` is allowed without argument filtering (KVM_RUN on vCPU threads, FIONBIO when a new
@@ -17,10 +25,12 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetA
 /// Which thread a filter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
-    /// The main thread: event loop, API, device backends.
+    /// The main thread: exit, console input, API.
     Main,
     /// A vCPU thread.
     Vcpu,
+    /// The device thread: virtio queues and device backends.
+    Device,
 }
 
 /// Errors while building or installing a filter.
@@ -102,13 +112,24 @@ fn common_syscalls() -> Vec<libc::c_long> {
 /// The filter for `kind`.
 pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let mut syscalls = common_syscalls();
-    if kind == ThreadKind::Main {
-        syscalls.extend_from_slice(&[
-            libc::SYS_accept4,
-            libc::SYS_eventfd2,
-            // API replies use a socket write timeout.
-            libc::SYS_setsockopt,
-        ]);
+    match kind {
+        ThreadKind::Vcpu => {}
+        ThreadKind::Main => {
+            syscalls.extend_from_slice(&[
+                libc::SYS_accept4,
+                libc::SYS_eventfd2,
+                // API replies use a socket write timeout.
+                libc::SYS_setsockopt,
+            ]);
+            syscalls.retain(|s| ![libc::SYS_socket, libc::SYS_connect].contains(s));
+        }
+        ThreadKind::Device => {
+            // The vsock muxer accepts host clients on its listener.
+            syscalls.push(libc::SYS_accept4);
+            #[cfg(target_arch = "x86_64")]
+            syscalls.retain(|s| *s != libc::SYS_unlink);
+            syscalls.retain(|s| *s != libc::SYS_unlinkat);
+        }
     }
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
         syscalls.into_iter().map(|s| (s, Vec::new())).collect();
@@ -137,6 +158,65 @@ mod tests {
     fn filters_build() {
         assert!(!filter_for(ThreadKind::Main).unwrap().is_empty());
         assert!(!filter_for(ThreadKind::Vcpu).unwrap().is_empty());
+        assert!(!filter_for(ThreadKind::Device).unwrap().is_empty());
+    }
+
+    /// Runs `syscall` (with zero arguments) under the filter for `kind` in a forked child;
+    /// returns the child's wait status, or None when seccomp is not available.
+    fn status_under(kind: ThreadKind, syscall: libc::c_long) -> Option<i32> {
+        let prog = filter_for(kind).unwrap();
+        // SAFETY: the child only makes raw syscalls before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            if seccompiler::apply_filter(&prog).is_err() {
+                // SAFETY: terminating the child.
+                unsafe { libc::_exit(3) };
+            }
+            // SAFETY: a raw syscall with zero arguments: it fails, succeeds harmlessly or is
+            // refused by the filter.
+            unsafe { libc::syscall(syscall, 0, 0, 0, 0) };
+            // SAFETY: terminating the child.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3 {
+            return None;
+        }
+        Some(status)
+    }
+
+    #[test]
+    fn each_thread_kind_has_its_own_list() {
+        let killed = |s: i32| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGSYS;
+        let lived = |s: i32| libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0;
+        let cases: [(ThreadKind, libc::c_long, bool); 8] = [
+            (ThreadKind::Device, libc::SYS_eventfd2, false),
+            (ThreadKind::Device, libc::SYS_setsockopt, false),
+            (ThreadKind::Device, libc::SYS_unlinkat, false),
+            (ThreadKind::Device, libc::SYS_accept4, true),
+            (ThreadKind::Main, libc::SYS_eventfd2, true),
+            (ThreadKind::Main, libc::SYS_connect, false),
+            (ThreadKind::Main, libc::SYS_socket, false),
+            (ThreadKind::Vcpu, libc::SYS_accept4, false),
+        ];
+        for (kind, syscall, allowed) in cases {
+            let Some(status) = status_under(kind, syscall) else {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: each_thread_kind_has_its_own_list: seccomp is not available"
+                );
+                return;
+            };
+            if allowed {
+                assert!(lived(status), "{kind:?} {syscall}: status {status:#x}");
+            } else {
+                assert!(killed(status), "{kind:?} {syscall}: status {status:#x}");
+            }
+        }
     }
 
     #[test]

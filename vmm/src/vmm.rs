@@ -1,8 +1,8 @@
 //! A built VM and its main event loop.
 //!
-//! The main thread polls: the exit notifier, each virtio queue's ioeventfd (devices whose
-//! backend does not own them), each device backend fd, console input, and the API socket.
-//! vCPU threads run the guest and handle register accesses themselves.
+//! The main thread polls the exit notifier, console input and the API socket. The device
+//! thread (`device_loop`) polls the virtio queues' ioeventfds and the device backends. vCPU
+//! threads run the guest and handle register accesses themselves.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{ApiRequest, ApiServer};
+use crate::device_loop::DeviceThread;
 use crate::device_manager::bus::Bus;
 use crate::device_manager::MmioDeviceInfo;
 use crate::devices::boot_timer::BootMark;
@@ -46,6 +47,9 @@ pub enum RunError {
     /// The main thread's seccomp filter cannot be installed.
     #[error("Cannot install the main thread's seccomp filter")]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The device thread cannot start.
+    #[error("Cannot start the device thread")]
+    Devices(#[from] crate::device_loop::DeviceThreadError),
 }
 
 /// Where console input comes from.
@@ -94,8 +98,6 @@ const TOKEN_STDIN: u64 = 2;
 const TOKEN_CONSOLE_LISTENER: u64 = 3;
 const TOKEN_CONSOLE_CLIENT: u64 = 4;
 const TOKEN_API: u64 = 5;
-const TOKEN_QUEUE_BASE: u64 = 0x1_0000;
-const TOKEN_BACKEND_BASE: u64 = 0x2_0000;
 
 /// Event loop bookkeeping.
 struct Loop {
@@ -139,21 +141,6 @@ impl Vmm {
     pub fn run(mut self) -> Result<ExitReason, RunError> {
         let epoll = Epoll::new().map_err(RunError::Epoll)?;
         Self::add(&epoll, self.exit.event().as_raw_fd(), TOKEN_EXIT)?;
-        for (d, dev) in self.virtio.iter().enumerate() {
-            let t = dev.transport.lock().unwrap_or_else(|e| e.into_inner());
-            if t.device().polls_queue_events() {
-                for (q, evt) in t.queue_evts().iter().enumerate() {
-                    Self::add(
-                        &epoll,
-                        evt.as_raw_fd(),
-                        TOKEN_QUEUE_BASE + ((d as u64) << 8) + q as u64,
-                    )?;
-                }
-            }
-            if let Some(fd) = t.device().backend_fd() {
-                Self::add(&epoll, fd, TOKEN_BACKEND_BASE + d as u64)?;
-            }
-        }
         match &self.console {
             ConsoleInput::Stdin => {
                 // stdin may be closed or a file; input is optional.
@@ -184,11 +171,27 @@ impl Vmm {
                 }
             }
         });
+        // The device thread runs before the vCPUs, so the first queue notification is served.
+        let devices = DeviceThread::start(
+            self.virtio
+                .iter()
+                .map(|d| Arc::clone(&d.transport))
+                .collect(),
+            self.seccomp,
+            Arc::clone(&self.exit),
+        )?;
         let vcpus = std::mem::take(&mut self.vcpus);
-        let handles = VcpuHandles::start(vcpus, ctx, on_start)?;
+        let handles = match VcpuHandles::start(vcpus, ctx, on_start) {
+            Ok(h) => h,
+            Err(e) => {
+                devices.stop();
+                return Err(e.into());
+            }
+        };
         if self.seccomp {
             if let Err(e) = seccomp::install(ThreadKind::Main) {
                 handles.stop();
+                devices.stop();
                 return Err(e.into());
             }
         }
@@ -200,6 +203,7 @@ impl Vmm {
         };
         let reason = self.event_loop(&mut lp, &handles);
         handles.stop();
+        devices.stop();
         Ok(reason)
     }
 
@@ -266,26 +270,6 @@ impl Vmm {
             TOKEN_CONSOLE_LISTENER => self.accept_console(lp),
             TOKEN_CONSOLE_CLIENT => self.console_client_input(lp),
             TOKEN_API => self.serve_api(lp, vcpus),
-            t if t >= TOKEN_BACKEND_BASE => {
-                if let Some(dev) = usize::try_from(t - TOKEN_BACKEND_BASE)
-                    .ok()
-                    .and_then(|i| self.virtio.get(i))
-                {
-                    let mut tr = dev.transport.lock().unwrap_or_else(|e| e.into_inner());
-                    tr.device_mut().process_backend();
-                }
-            }
-            t if t >= TOKEN_QUEUE_BASE => {
-                let d = ((t - TOKEN_QUEUE_BASE) >> 8) as usize;
-                let q = ((t - TOKEN_QUEUE_BASE) & 0xff) as usize;
-                if let Some(dev) = self.virtio.get(d) {
-                    let mut tr = dev.transport.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(evt) = tr.queue_evts().get(q) {
-                        let _ = evt.read();
-                    }
-                    tr.notify_queue(q);
-                }
-            }
             _ => {}
         }
     }

@@ -396,6 +396,82 @@ fn api_shutdown_reaches_the_guest_through_the_i8042() {
     assert!(!sock.exists(), "API socket left behind");
 }
 
+/// `(thread name, seccomp mode)` of every thread runv-vmm made in process `pid`.
+fn thread_seccomp(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(99);
+        let name = name.trim().to_string();
+        // KVM's own worker (kvm-nx-lpage-recovery) is a kernel thread in the process.
+        if !name.starts_with("kvm-") {
+            out.push((name, mode));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_thread_kind_runs_under_a_filter() {
+    if !kvm() {
+        return skip("every_thread_kind_runs_under_a_filter: no /dev/kvm");
+    }
+    for seccomp in [true, false] {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let kernel = write_kernel(dir.as_path(), &print_cmdline_then(SPIN));
+        let sock = dir.as_path().join("api.sock");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--kernel")
+            .arg(&kernel)
+            .args(["--vcpus", "2", "--serial", "none"])
+            .arg("--vsock-uds")
+            .arg(dir.as_path().join("vsock.sock"))
+            .arg("--api-socket")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        if !seccomp {
+            cmd.arg("--no-seccomp");
+        }
+        let child = cmd.spawn().unwrap();
+        let start = Instant::now();
+        let mut marks = 0;
+        while start.elapsed() < Duration::from_secs(10) {
+            if sock.exists() {
+                let st = api(&sock, r#"{"action":"status"}"#);
+                marks = st["boot_marks"].as_array().map_or(0, |a| a.len());
+                if marks > 0 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(marks, 1, "the guest runs");
+        let threads = thread_seccomp(child.id());
+        let _ = api(&sock, r#"{"action":"shutdown","timeout_ms":50}"#);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mode = if seccomp { 2 } else { 0 };
+        let want: Vec<(String, u32)> = ["devices", "runv-vmm", "vcpu0", "vcpu1"]
+            .iter()
+            .map(|n| (n.to_string(), mode))
+            .collect();
+        assert_eq!(threads, want, "seccomp {seccomp}");
+    }
+}
+
 #[test]
 fn triple_fault_is_a_guest_crash() {
     if !kvm() {
