@@ -22,6 +22,8 @@ struct PodReport {
     stats: Vec<api::ContainerStats>,
     /// The command lines of the processes the pod's shims started, while it ran.
     helpers: Vec<(i32, String)>,
+    /// The host cgroups below the pod's cgroup parent, while it ran.
+    cgroups: Vec<std::path::PathBuf>,
 }
 
 impl PodReport {
@@ -143,6 +145,7 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
         releases: Vec::new(),
         stats: Vec::new(),
         helpers,
+        cgroups: containerd.cgroups(),
     };
     for id in &ids {
         let boot_id = exec(
@@ -246,6 +249,10 @@ fn cri_pod_on_runc() {
     let boot_id = host_boot_id();
     assert_eq!(report.boot_ids, [boot_id.clone(), boot_id]);
     assert!(report.qemus().is_empty(), "{:?}", report.qemus());
+    assert!(
+        !report.cgroups.is_empty(),
+        "runc puts the pod's containers in cgroups below its cgroup parent"
+    );
     assert_stats(&report);
 }
 

@@ -263,10 +263,11 @@ impl Containerd {
     }
 
     /// The cgroup parent of the pods of this containerd (`cri::host_network_pod`): a path of
-    /// its own, removed with it.
+    /// its own (a top-level one: no parent shared with a test running beside it), removed
+    /// with it.
     pub fn cgroup_parent(&self) -> String {
         let name = self.dir.path().file_name().expect("temp dir name");
-        format!("/runv-tests/{}", name.to_string_lossy())
+        format!("/{}", name.to_string_lossy())
     }
 
     /// The cgroups below `cgroup_parent` in every hierarchy, deepest first.
@@ -403,8 +404,7 @@ impl Drop for Containerd {
                 }
             }
         }
-        // The cgroups of its pods (empty now that their processes are gone), then the parent
-        // (and the common one, unless another test uses it).
+        // The cgroups of its pods (empty now that their processes are gone), then the parent.
         if self.cri {
             for dir in self.cgroups() {
                 let _ = std::fs::remove_dir(dir);
@@ -418,7 +418,6 @@ impl Drop for Containerd {
                 let dir = hierarchy.join(parent.trim_start_matches('/'));
                 if dir.is_dir() {
                     let _ = std::fs::remove_dir(&dir);
-                    let _ = dir.parent().map(std::fs::remove_dir);
                 }
             }
         }
