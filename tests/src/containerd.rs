@@ -87,9 +87,6 @@ impl Containerd {
             .replace("PAUSE", PAUSE_IMAGE)
             .replace("RUNV", RUNV_RUNTIME);
         let containerd = Self::start_with_config(&cri, true);
-        for dir in ["cni/bin", "cni/conf", "opt"] {
-            std::fs::create_dir_all(containerd.dir().join(dir)).expect("CNI dirs");
-        }
         containerd.import_images(CRI_NAMESPACE);
         // The CRI plugin learns of imported images from containerd's events.
         let mut client = containerd.cri();
@@ -122,6 +119,11 @@ impl Containerd {
             .tempdir()
             .expect("temp dir");
         let root = dir.path();
+        if cri {
+            for sub in ["cni/bin", "cni/conf", "opt"] {
+                std::fs::create_dir_all(root.join(sub)).expect("CNI and opt dirs");
+            }
+        }
         let config = format!(
             "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/state\"\n{extra}\
              [grpc]\n  address = \"{root}/containerd.sock\"\n\
