@@ -1,12 +1,18 @@
 //! `runv-vmm jail`: starts runv-vmm confined (see docs/vmm-jailer.md).
 //!
 //! ```text
-//! runv-vmm jail --id ID --uid UID --gid GID [--chroot-base DIR] [--netns PATH] -- <runv-vmm args>
+//! runv-vmm jail --id ID --uid UID --gid GID [--chroot-base DIR] [--netns PATH]
+//!               [--cgroup DIR]... -- <runv-vmm args>
 //! ```
 //! Input files (`--kernel`, `--initrd`, `--disk`) are bind-mounted into the jail root; output
 //! paths (`--vsock-uds`, `--api-socket`, `--fs-socket`, `--serial unix:P` / file) are reduced to
 //! their file names inside the jail root, i.e. `<chroot-base>/runv-vmm/<id>/root/<name>` on
 //! the host.
+//!
+//! The process that was started stays outside the jail: it joins the `--cgroup` directories
+//! (so everything it starts is accounted there), forks the process that builds the jail and
+//! starts runv-vmm, waits for it, removes `<chroot-base>/runv-vmm/<id>` and exits with
+//! runv-vmm's status.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +30,9 @@ pub enum JailError {
     /// A system call failed during setup.
     #[error("Jail setup failed: {0}")]
     Setup(String, #[source] std::io::Error),
+    /// The jail setup in the child process failed (its message, causes included).
+    #[error("{0}")]
+    Child(String),
 }
 
 /// A file to bind-mount into the jail root.
@@ -50,6 +59,8 @@ pub struct JailConfig {
     pub chroot_base: PathBuf,
     /// Network namespace to join.
     pub netns: Option<PathBuf>,
+    /// Cgroup directories (v2, or one per v1 hierarchy) to join before anything starts.
+    pub cgroups: Vec<PathBuf>,
     /// runv-vmm arguments, as given.
     pub vmm_args: Vec<String>,
 }
@@ -65,6 +76,7 @@ pub fn parse_jail_args(args: &[String]) -> Result<JailConfig, JailError> {
     let mut gid = None;
     let mut base = PathBuf::from(DEFAULT_CHROOT_BASE);
     let mut netns = None;
+    let mut cgroups = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--" {
@@ -81,6 +93,7 @@ pub fn parse_jail_args(args: &[String]) -> Result<JailConfig, JailError> {
             "--gid" => gid = Some(val()?.parse().map_err(|_| usage("--gid: not a number"))?),
             "--chroot-base" => base = PathBuf::from(val()?),
             "--netns" => netns = Some(PathBuf::from(val()?)),
+            "--cgroup" => cgroups.push(PathBuf::from(val()?)),
             other => return Err(usage(format!("Unknown jail argument {other:?}"))),
         }
     }
@@ -106,6 +119,7 @@ pub fn parse_jail_args(args: &[String]) -> Result<JailConfig, JailError> {
         gid,
         chroot_base: base,
         netns,
+        cgroups,
         vmm_args,
     })
 }
@@ -285,8 +299,63 @@ fn share_libraries(root: &Path) -> Result<(), JailError> {
     Ok(())
 }
 
-/// Sets up the jail in this process (which must be root), starts runv-vmm in it, waits for it
-/// and returns its exit status.
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Moves this process into the cgroup directory `dir` (cgroup v2, or a v1 hierarchy): its
+/// pid goes into `cgroup.procs`. The directory must exist on a cgroup file system; creating
+/// it (with its limits) and removing it afterwards is the caller's business.
+pub fn join_cgroup(dir: &Path) -> Result<(), JailError> {
+    let c = cstr(dir)?;
+    // SAFETY: an all-zero statfs is a valid value to be filled in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid path string and `st` a valid out pointer.
+    check(format!("statfs {}", dir.display()), unsafe {
+        libc::statfs(c.as_ptr(), &mut st)
+    })?;
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    if magic != CGROUP_SUPER_MAGIC && magic != CGROUP2_SUPER_MAGIC {
+        return Err(usage(format!(
+            "--cgroup {}: not a cgroup directory",
+            dir.display()
+        )));
+    }
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+        .map_err(|e| JailError::Setup(format!("join the cgroup {}", dir.display()), e))
+}
+
+/// Whether a mount point of this mount namespace lies at or under `dir`.
+fn has_mounts_under(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| Path::new(mp).starts_with(dir))
+}
+
+/// Removes the jail directory after runv-vmm ended. Its bind mounts lived in the jail's own
+/// mount namespace, gone with it; should a mount still be visible under the directory here,
+/// nothing is removed.
+fn remove_jail_dir(dir: &Path) {
+    if has_mounts_under(dir) {
+        crate::log_line!("jail: {} still has mounts; not removed", dir.display());
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            crate::log_line!("jail: cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Starts runv-vmm in its jail (this process must be root), waits for it, removes the jail
+/// directory and returns runv-vmm's exit status.
+///
+/// This process joins the cgroups and stays outside the jail; a child builds the jail in new
+/// mount and PID namespaces and starts runv-vmm there. A setup error in the child is passed
+/// back through a pipe and returned here.
 pub fn run_jail(cfg: &JailConfig) -> Result<i32, JailError> {
     let (args, mounts) = rewrite_args(&cfg.vmm_args)?;
     for m in &mounts {
@@ -294,6 +363,79 @@ pub fn run_jail(cfg: &JailConfig) -> Result<i32, JailError> {
             return Err(usage(format!("{} does not exist", m.host.display())));
         }
     }
+    for dir in &cfg.cgroups {
+        join_cgroup(dir)?;
+    }
+    let jail_dir = cfg.chroot_base.join("runv-vmm").join(&cfg.id);
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    check("pipe", unsafe {
+        libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC)
+    })?;
+    let [read_fd, write_fd] = fds;
+    // SAFETY: this process is single-threaded (the jail subcommand starts no threads), so the
+    // child may go on running ordinary code.
+    let pid = unsafe { libc::fork() };
+    check("fork", pid)?;
+    if pid == 0 {
+        // SAFETY: closing our copy of the read end; dying with the parent.
+        unsafe {
+            libc::close(read_fd);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        let code = match confine_and_run(cfg, args, mounts) {
+            Ok(code) => code,
+            Err(e) => {
+                let msg = error_chain(&e);
+                // SAFETY: writing a valid buffer to our pipe end.
+                unsafe { libc::write(write_fd, msg.as_ptr().cast(), msg.len()) };
+                crate::EXIT_VMM_ERROR
+            }
+        };
+        // SAFETY: ending the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: closing our copy of the write end, so the read below ends with the child.
+    unsafe { libc::close(write_fd) };
+    let mut msg = Vec::new();
+    // SAFETY: the read end is ours; File takes it over and closes it.
+    let mut pipe = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(read_fd) };
+    let _ = std::io::Read::read_to_end(&mut pipe, &mut msg);
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    let waited = check("wait for the jail", unsafe {
+        libc::waitpid(pid, &mut status, 0)
+    });
+    remove_jail_dir(&jail_dir);
+    waited?;
+    if !msg.is_empty() {
+        return Err(JailError::Child(String::from_utf8_lossy(&msg).into_owned()));
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        crate::EXIT_VMM_ERROR
+    })
+}
+
+/// `error: cause: cause...` on one line.
+fn error_chain(e: &JailError) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// In the child: builds the jail, starts runv-vmm in it and waits for it.
+fn confine_and_run(
+    cfg: &JailConfig,
+    args: Vec<String>,
+    mounts: Vec<BindMount>,
+) -> Result<i32, JailError> {
     let root = cfg.chroot_base.join("runv-vmm").join(&cfg.id).join("root");
     let io = |what: &str| {
         let what = what.to_string();

@@ -13,7 +13,8 @@ usage: runv-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem
                 [--fs-socket PATH --fs-tag TAG] [--net-tap NAME [--net-mac MAC]]
                 [--api-socket PATH] [--id SANDBOX_ID] [--no-seccomp]
        runv-vmm --config FILE.json [--id SANDBOX_ID] [--no-seccomp]
-       runv-vmm jail --id ID --uid UID --gid GID [--chroot-base DIR] [--netns PATH] -- ARGS...
+       runv-vmm jail --id ID --uid UID --gid GID [--chroot-base DIR] [--netns PATH]
+                     [--cgroup DIR]... -- ARGS...
 
 exit status: 0 guest shut down or rebooted, 1 monitor error, 2 guest crashed
              (panic, triple fault, KVM internal error), 3 forced stop after shutdown timeout";

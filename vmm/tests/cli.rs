@@ -513,50 +513,182 @@ fn guest_panic_message_turns_reset_into_crash() {
     assert!(err.contains("kernel panic"), "{err}");
 }
 
+/// Cgroup directories a test may create children in: the v2 hierarchy and, on a v1/v2
+/// hybrid host, the v1 `pids` hierarchy too.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let is_cgroup2 = |p: &Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: an all-zero statfs is a valid value to be filled in.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path string and out pointer.
+        unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == 0x6367_7270 }
+    };
+    let base = Path::new("/sys/fs/cgroup");
+    if is_cgroup2(base) {
+        return vec![base.to_path_buf()];
+    }
+    let mut roots = Vec::new();
+    if is_cgroup2(&base.join("unified")) {
+        roots.push(base.join("unified"));
+    }
+    if base.join("pids/cgroup.procs").exists() {
+        roots.push(base.join("pids"));
+    }
+    roots
+}
+
+fn pids_in(cgroup: &Path) -> Vec<u32> {
+    std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 #[test]
-fn jailed_pvh_payload_runs_unprivileged_in_its_root() {
+fn jailed_pvh_payload_runs_unprivileged_in_its_root_and_cgroups() {
+    let name = "jailed_pvh_payload_runs_unprivileged_in_its_root_and_cgroups";
     if !kvm() {
-        return skip("jailed_pvh_payload_runs_unprivileged_in_its_root: no /dev/kvm");
+        return skip(&format!("{name}: no /dev/kvm"));
     }
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        return skip("jailed_pvh_payload_runs_unprivileged_in_its_root: the jailer needs root");
+        return skip(&format!("{name}: the jailer needs root"));
     }
     let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
-    let kernel = write_kernel(dir.as_path(), &print_cmdline_then(RESET));
+    let kernel = write_kernel(dir.as_path(), &print_cmdline_then(SPIN));
     let base = dir.as_path().join("jails");
-    let out = run_to_end(
-        Command::new(BIN)
-            .args([
-                "jail", "--id", "sb-test", "--uid", "65534", "--gid", "65534",
-            ])
-            .arg("--chroot-base")
-            .arg(&base)
-            .arg("--")
-            .arg("--kernel")
-            .arg(&kernel)
-            .args([
-                "--serial",
-                "/somewhere/else/console.log",
-                "--cmdline",
-                "jailed=1",
-            ]),
-        Duration::from_secs(30),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(1) && err.contains("Jail setup failed") {
-        return skip(&format!(
-            "jailed_pvh_payload_runs_unprivileged_in_its_root: this host does not allow the \
-             jail setup: {}",
-            err.trim()
-        ));
+    let cgroups: Vec<PathBuf> = cgroup_roots()
+        .into_iter()
+        .map(|r| r.join(format!("runv-vmm-test-{}", std::process::id())))
+        .filter(|c| std::fs::create_dir(c).is_ok())
+        .collect();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "jail", "--id", "sb-test", "--uid", "65534", "--gid", "65534",
+    ])
+    .arg("--chroot-base")
+    .arg(&base);
+    for c in &cgroups {
+        cmd.arg("--cgroup").arg(c);
     }
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let log = base.join("runv-vmm/sb-test/root/console.log");
+    let mut child = cmd
+        .arg("--")
+        .arg("--kernel")
+        .arg(&kernel)
+        .args([
+            "--serial",
+            "/somewhere/else/console.log",
+            "--api-socket",
+            "/run/x/api.sock",
+            "--cmdline",
+            "jailed=1",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let jail = base.join("runv-vmm/sb-test");
+    let sock = jail.join("root/api.sock");
+    let log = jail.join("root/console.log");
+    let start = Instant::now();
+    let mut marks = 0;
+    while start.elapsed() < Duration::from_secs(20) && child.try_wait().unwrap().is_none() {
+        if sock.exists() {
+            let st = api(&sock, r#"{"action":"status"}"#);
+            marks = st["boot_marks"].as_array().map_or(0, |a| a.len());
+            if marks > 0 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if marks == 0 {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        for c in &cgroups {
+            let _ = std::fs::remove_dir(c);
+        }
+        if out.status.code() == Some(1) && err.contains("Jail setup failed") {
+            return skip(&format!(
+                "{name}: this host does not allow the jail setup: {}",
+                err.trim()
+            ));
+        }
+        panic!("the jailed guest did not run: {:?} {err}", out.status);
+    }
+    // The console file is in the jail root, owned by the jail uid.
     let serial = std::fs::read_to_string(&log).unwrap();
     assert!(serial.ends_with("jailed=1\n"), "{serial}");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&log).unwrap().uid(), 65534);
+    // Every cgroup holds the jailer, the jail's setup process and runv-vmm, which is PID 1 of
+    // its own PID namespace (two ids on its NSpid line).
+    for c in &cgroups {
+        let pids = pids_in(c);
+        assert!(pids.contains(&child.id()), "{}: {pids:?}", c.display());
+        assert_eq!(pids.len(), 3, "{}: {pids:?}", c.display());
+        let in_own_ns = pids.iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() == 3)
+        });
+        assert!(
+            in_own_ns,
+            "{}: no runv-vmm in its PID namespace",
+            c.display()
+        );
+    }
+    let _ = api(&sock, r#"{"action":"shutdown","timeout_ms":50}"#);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "runv-vmm's status comes through: {err}"
+    );
+    // The jail directory is gone, and so are the processes from the cgroups.
+    assert!(!jail.exists(), "{} left behind: {err}", jail.display());
+    assert!(base.join("runv-vmm").exists());
+    for c in &cgroups {
+        assert!(pids_in(c).is_empty(), "{}", c.display());
+        std::fs::remove_dir(c).unwrap();
+    }
+    if cgroups.is_empty() {
+        skip(&format!(
+            "{name}: cgroup part: no cgroup hierarchy to create a test cgroup in"
+        ));
+    }
+}
+
+#[test]
+fn jail_refuses_a_cgroup_that_is_not_one() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return skip("jail_refuses_a_cgroup_that_is_not_one: the jailer needs root");
+    }
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.as_path(), RESET);
+    let out = run_to_end(
+        Command::new(BIN)
+            .args(["jail", "--id", "sb-cg", "--uid", "65534", "--gid", "65534"])
+            .arg("--chroot-base")
+            .arg(dir.as_path().join("jails"))
+            .arg("--cgroup")
+            .arg(dir.as_path())
+            .arg("--")
+            .arg("--kernel")
+            .arg(&kernel),
+        Duration::from_secs(10),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a cgroup directory"), "{err}");
+    assert!(!dir.as_path().join("jails/runv-vmm/sb-cg").exists());
 }
 
 /// A bzImage whose protected-mode part (loaded at 1 MiB, 64-bit entry at +0x200) is `code`.
