@@ -165,6 +165,14 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
             .unwrap_or_else(|e| panic!("{}", log(&format!("ContainerStats {id}"), e)));
         report.stats.push(stats);
     }
+    // An exec's exit status and both of its streams come back apart.
+    let out = cri
+        .exec_sync(&ids[1], &["sh", "-c", "echo out; echo err >&2; exit 3"], 60)
+        .unwrap_or_else(|e| panic!("{}", log("ExecSync with exit 3", e)));
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice(), out.stderr.as_slice()),
+        (3, &b"out\n"[..], &b"err\n"[..])
+    );
 
     cri.stop_pod_sandbox(&pod)
         .unwrap_or_else(|e| panic!("{}", log("StopPodSandbox", e)));
