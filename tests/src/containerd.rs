@@ -378,7 +378,9 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Shims this containerd started carry its socket on their command line.
+        // Shims this containerd started carry its socket on their command line; a killed one
+        // leaves its socket in /run/containerd/s, removed here.
+        let mut sockets = Vec::new();
         for entry in processes_mentioning(&self.socket().display().to_string()) {
             if let Some(Ok(pid)) = entry.split(':').next().map(str::parse::<i32>) {
                 let _ = nix::sys::signal::kill(
@@ -386,6 +388,21 @@ impl Drop for Containerd {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            let args: Vec<&str> = entry.split_whitespace().collect();
+            let value = |flag: &str| {
+                let at = args.iter().position(|a| *a == flag)?;
+                args.get(at + 1).copied()
+            };
+            if let (Some(namespace), Some(id)) = (value("-namespace"), value("-id")) {
+                sockets.push(self.shim_socket(namespace, id));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.shim_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for socket in sockets {
+            let _ = std::fs::remove_file(socket);
         }
         // Containers of runc shims killed above (their state is under our directory).
         if self.cri {
