@@ -22,6 +22,9 @@ pub enum ShimError {
     /// The request itself is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Something the shim itself failed at.
+    #[error("{0}")]
+    Internal(String),
     /// Not in this version of the shim.
     #[error("{0} is not implemented by runv")]
     Unimplemented(&'static str),
@@ -48,6 +51,7 @@ impl ShimError {
             ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            ShimError::Internal(_) => Code::INTERNAL,
             ShimError::Bundle { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Code::NOT_FOUND
             }

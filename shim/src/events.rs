@@ -3,7 +3,10 @@
 
 use std::time::SystemTime;
 
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
@@ -52,11 +55,72 @@ impl Events {
             .await;
     }
 
-    /// `/tasks/exit`.
-    pub async fn exited(&self, container_id: &str, pid: u32, status: u32, at: SystemTime) {
+    /// `/tasks/exec-added`.
+    pub async fn exec_added(&self, container_id: &str, exec_id: &str) {
+        let event = TaskExecAdded {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    /// `/tasks/exec-started`.
+    pub async fn exec_started(&self, container_id: &str, exec_id: &str, pid: u32) {
+        let event = TaskExecStarted {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            pid,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    /// `/tasks/paused`.
+    pub async fn paused(&self, container_id: &str) {
+        let event = TaskPaused {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    /// `/tasks/resumed`.
+    pub async fn resumed(&self, container_id: &str) {
+        let event = TaskResumed {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    /// `/tasks/oom`.
+    pub async fn oom(&self, container_id: &str) {
+        let event = TaskOOM {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    /// `/tasks/exit` of the process `id` (the container id for its init process, else the
+    /// exec id).
+    pub async fn exited(
+        &self,
+        container_id: &str,
+        id: &str,
+        pid: u32,
+        status: u32,
+        at: SystemTime,
+    ) {
         let event = TaskExit {
             container_id: container_id.to_string(),
-            id: container_id.to_string(),
+            id: id.to_string(),
             pid,
             exit_status: status,
             exited_at: Some(timestamp(at)).into(),

@@ -81,6 +81,7 @@ fn open_error(path: &str) -> impl FnOnce(std::io::Error) -> ShimError + '_ {
 pub fn attach_outputs(
     agent: &AgentClient,
     container_id: &str,
+    exec_id: &str,
     paths: &StdioPaths,
 ) -> Result<Outputs, ShimError> {
     let mut handles = Vec::new();
@@ -103,9 +104,10 @@ pub fn attach_outputs(
             .map_err(open_error(path))?;
         let agent = agent.clone();
         let id = container_id.to_string();
+        let exec_id = exec_id.to_string();
         handles.push(tokio::spawn(async move {
-            if let Err(e) = copy_output(agent, id.clone(), String::new(), stderr, fifo).await {
-                tracing::debug!(container = %id, stderr, error = %e, "output copy ended");
+            if let Err(e) = copy_output(agent, id.clone(), exec_id.clone(), stderr, fifo).await {
+                tracing::debug!(container = %id, exec = %exec_id, stderr, error = %e, "output copy ended");
             }
         }));
     }
@@ -178,6 +180,7 @@ use std::future::Future;
 pub fn attach_input(
     agent: &AgentClient,
     container_id: &str,
+    exec_id: &str,
     paths: &StdioPaths,
 ) -> Result<Option<Input>, ShimError> {
     let Some(path) = fifo_path(&paths.stdin)? else {
@@ -195,9 +198,10 @@ pub fn attach_input(
     };
     let agent = agent.clone();
     let id = container_id.to_string();
+    let exec_id = exec_id.to_string();
     let handle = tokio::spawn(async move {
-        if let Err(e) = copy_input(agent, id.clone(), String::new(), reader).await {
-            tracing::debug!(container = %id, error = %e, "stdin copy ended");
+        if let Err(e) = copy_input(agent, id.clone(), exec_id.clone(), reader).await {
+            tracing::debug!(container = %id, exec = %exec_id, error = %e, "stdin copy ended");
         }
     });
     Ok(Some(Input {

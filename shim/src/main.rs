@@ -6,6 +6,7 @@ mod container;
 mod errors;
 mod events;
 mod io;
+mod metrics;
 mod shim;
 mod spec;
 mod task;

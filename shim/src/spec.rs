@@ -3,21 +3,11 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 
 use crate::errors::ShimError;
 
-/// Namespaces the agent creates for a container; any other kind in the spec (network, user,
-/// time) is the VM's own and is dropped.
-const GUEST_NAMESPACES: [LinuxNamespaceType; 5] = [
-    LinuxNamespaceType::Pid,
-    LinuxNamespaceType::Mount,
-    LinuxNamespaceType::Ipc,
-    LinuxNamespaceType::Uts,
-    LinuxNamespaceType::Cgroup,
-];
-
-/// Reads `<bundle>/config.json`.
+/// Reads the bundle's config.json.
 pub fn load(bundle: &Path) -> Result<Spec, ShimError> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|source| ShimError::Bundle {
@@ -29,25 +19,65 @@ pub fn load(bundle: &Path) -> Result<Spec, ShimError> {
     })
 }
 
+/// The pod's sandbox container as the other containers' specs refer to it.
+#[derive(Debug, Clone, Copy)]
+pub struct PodInit {
+    /// The task pid containerd knows (`/proc/<pid>/ns/...` in the specs it writes).
+    pub host_pid: u32,
+    /// The sandbox container's init process in the guest, once started.
+    pub guest_pid: Option<u32>,
+}
+
+/// Maps one namespace of the host's spec to the guest: `None` drops it.
+///
+/// The network namespace goes: the VM is the pod's network boundary. A path is only
+/// meaningful when it names a namespace of the pod's sandbox container (what containerd's
+/// CRI plugin writes for a pod's containers: `/proc/<sandbox task pid>/ns/<kind>`); it is
+/// rewritten to that container's init in the guest. Any other host path cannot be joined
+/// from inside a VM.
+fn namespace_for_guest(
+    mut ns: LinuxNamespace,
+    pod: Option<PodInit>,
+) -> Result<Option<LinuxNamespace>, ShimError> {
+    if ns.typ() == LinuxNamespaceType::Network {
+        return Ok(None);
+    }
+    let Some(path) = ns.path().clone().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Some(ns));
+    };
+    let refused = |why: &str| {
+        ShimError::InvalidArgument(format!(
+            "linux.namespaces: {:?} namespace path {}: {why}",
+            ns.typ(),
+            path.display()
+        ))
+    };
+    let pod = pod.ok_or_else(|| refused("there is no sandbox container in this pod to join"))?;
+    let kind = path
+        .strip_prefix(format!("/proc/{}/ns", pod.host_pid))
+        .map_err(|_| refused("a host namespace cannot be joined from inside the VM"))?
+        .to_path_buf();
+    let guest_pid = pod
+        .guest_pid
+        .ok_or_else(|| refused("the pod's sandbox container is not started"))?;
+    ns.set_path(Some(Path::new(&format!("/proc/{guest_pid}/ns")).join(kind)));
+    Ok(Some(ns))
+}
+
 /// The spec as the guest runs it: the root is the shared `rootfs` the agent is told about;
-/// namespaces are those the agent supports, without host paths to join; bind mounts of
-/// host paths, hooks (host programs) and the host's cgroup path do not apply in the VM.
-pub fn for_guest(mut spec: Spec) -> Spec {
+/// namespaces are the guest's (see [`namespace_for_guest`]); bind mounts of host paths,
+/// hooks (host programs) and the host's cgroup path do not apply in the VM.
+pub fn for_guest(mut spec: Spec, pod: Option<PodInit>) -> Result<Spec, ShimError> {
     if let Some(root) = spec.root_mut() {
         root.set_path("rootfs".into());
     }
     if let Some(linux) = spec.linux_mut() {
-        let namespaces = linux
-            .namespaces()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|ns| GUEST_NAMESPACES.contains(&ns.typ()))
-            .map(|mut ns| {
-                ns.set_path(None);
-                ns
-            })
-            .collect();
+        let mut namespaces = Vec::new();
+        for ns in linux.namespaces().clone().unwrap_or_default() {
+            if let Some(ns) = namespace_for_guest(ns, pod)? {
+                namespaces.push(ns);
+            }
+        }
         linux.set_namespaces(Some(namespaces));
         linux.set_cgroups_path(None);
     }
@@ -65,7 +95,7 @@ pub fn for_guest(mut spec: Spec) -> Spec {
         spec.set_mounts(Some(kept));
     }
     spec.set_hooks(None);
-    spec
+    Ok(spec)
 }
 
 /// The pod a container belongs to, when a CRI runtime says so.
@@ -104,7 +134,7 @@ mod tests {
     fn guest_spec_drops_what_only_the_host_has() {
         let spec: Spec = serde_json::from_str(CONTAINERD_SPEC).unwrap();
         assert_eq!(sandbox_id(&spec).as_deref(), Some("pod1"));
-        let spec = for_guest(spec);
+        let spec = for_guest(spec, None).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         let ns: Vec<&str> = json["linux"]["namespaces"]
             .as_array()
@@ -123,6 +153,57 @@ mod tests {
             .collect();
         assert_eq!(dest, ["/proc", "/dev"]);
         assert_eq!(json["process"]["args"], serde_json::json!(["uname", "-r"]));
+    }
+
+    #[test]
+    fn pod_namespaces_point_at_the_sandbox_container_in_the_guest() {
+        let mut spec: Spec = serde_json::from_str(CONTAINERD_SPEC).unwrap();
+        let namespaces: Vec<LinuxNamespace> = serde_json::from_str(
+            r#"[{"type": "pid", "path": "/proc/4242/ns/pid"},
+                {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+                {"type": "uts", "path": "/proc/4242/ns/uts"},
+                {"type": "mount"},
+                {"type": "network", "path": "/proc/4242/ns/net"}]"#,
+        )
+        .unwrap();
+        spec.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_namespaces(Some(namespaces));
+        let pod = PodInit {
+            host_pid: 4242,
+            guest_pid: Some(57),
+        };
+        let guest = for_guest(spec.clone(), Some(pod)).unwrap();
+        let json = serde_json::to_value(&guest).unwrap();
+        assert_eq!(
+            json["linux"]["namespaces"],
+            serde_json::json!([
+                {"type": "pid", "path": "/proc/57/ns/pid"},
+                {"type": "ipc", "path": "/proc/57/ns/ipc"},
+                {"type": "uts", "path": "/proc/57/ns/uts"},
+                {"type": "mount"}
+            ])
+        );
+        // Another process's namespace on the host cannot be joined.
+        let other = PodInit {
+            host_pid: 1,
+            guest_pid: Some(57),
+        };
+        let err = for_guest(spec.clone(), Some(other)).unwrap_err();
+        assert!(err.to_string().contains("/proc/4242/ns/pid"), "{err}");
+        assert_eq!(
+            err.code(),
+            containerd_shim::protos::ttrpc::Code::INVALID_ARGUMENT
+        );
+        let err = for_guest(spec.clone(), None).unwrap_err();
+        assert!(err.to_string().contains("no sandbox container"), "{err}");
+        let unstarted = PodInit {
+            host_pid: 4242,
+            guest_pid: None,
+        };
+        let err = for_guest(spec, Some(unstarted)).unwrap_err();
+        assert!(err.to_string().contains("not started"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The Task service containerd calls: one pod sandbox VM, its containers, their stdio and
-//! exits, and the events that report them.
+//! The Task service containerd calls: one pod sandbox VM, its containers and their exec
+//! processes, their stdio and exits, and the events that report them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,26 +9,35 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, Empty, KillRequest, ResizePtyRequest, ShutdownRequest,
-    StartRequest, StartResponse, StateRequest, StateResponse, Status as TaskStatus, WaitRequest,
-    WaitResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status as TaskStatus,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{TaskCreate, TaskIO};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
+use containerd_shim::protos::types::task::ProcessInfo;
+use runv_runtime::agent::AgentClient;
 use runv_runtime::config::Config;
 use runv_runtime::rootfs::{RootMount, RootfsSource};
 use runv_runtime::sandbox::{Sandbox, SandboxOptions};
 use tokio::sync::Mutex;
 
-use crate::container::{Container, Exit, Status};
+use crate::container::{Container, Exit, Process, Status};
 use crate::errors::ShimError;
 use crate::events::{timestamp, Events};
 use crate::io::{self, StdioPaths};
-use crate::spec;
+use crate::{metrics, spec};
 
 /// How long output may keep coming after the process exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The type URL containerd gives ProcessDetails (the exec id of a listed process).
+const PROCESS_DETAILS_TYPE_URL: &str = "containerd.runc.v1.ProcessDetails";
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -37,6 +46,9 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 struct Pod {
     sandbox: Option<Sandbox>,
     containers: HashMap<String, Container>,
+    /// The container that booted the VM: the pod's sandbox (pause) container under CRI,
+    /// whose namespaces the pod's other containers join.
+    first: Option<String>,
 }
 
 struct Inner {
@@ -72,14 +84,6 @@ fn task_pid() -> u32 {
     std::process::id()
 }
 
-fn no_exec(exec_id: &str) -> Result<(), ShimError> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(ShimError::NotFound(format!("exec {exec_id}")))
-    }
-}
-
 fn rootfs_source(req: &CreateTaskRequest) -> RootfsSource {
     if req.rootfs.is_empty() {
         // The bundle's root is ready-made (containerd mounted it itself).
@@ -97,11 +101,29 @@ fn rootfs_source(req: &CreateTaskRequest) -> RootfsSource {
     )
 }
 
+fn agent_error(e: runv_runtime::agent::AgentError) -> ShimError {
+    ShimError::Sandbox(e.into())
+}
+
+/// The JSON inside a containerd `Any` that carries an OCI type (a process, resources).
+fn any_json(any: Option<&Any>, what: &str) -> Result<String, ShimError> {
+    let any = any.ok_or_else(|| ShimError::InvalidArgument(format!("{what} is missing")))?;
+    let text = String::from_utf8(any.value.clone())
+        .map_err(|_| ShimError::InvalidArgument(format!("{what} is not JSON text")))?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| ShimError::InvalidArgument(format!("{what}: {e}")))?;
+    Ok(text)
+}
+
 impl Pod {
     fn container(&mut self, id: &str) -> Result<&mut Container, ShimError> {
         self.containers
             .get_mut(id)
             .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
+    }
+
+    fn process(&mut self, id: &str, exec_id: &str) -> Result<&mut Process, ShimError> {
+        self.container(id)?.process(exec_id)
     }
 
     fn sandbox(&mut self) -> Result<&mut Sandbox, ShimError> {
@@ -110,9 +132,23 @@ impl Pod {
             .ok_or_else(|| ShimError::FailedPrecondition("the pod's VM is not running".into()))
     }
 
+    fn agent(&mut self) -> Result<AgentClient, ShimError> {
+        Ok(self.sandbox()?.agent()?.clone())
+    }
+
+    /// The pod's first container, as the other containers' specs name it.
+    fn pod_init(&self) -> Option<spec::PodInit> {
+        let first = self.containers.get(self.first.as_ref()?)?;
+        Some(spec::PodInit {
+            host_pid: first.pid,
+            guest_pid: first.guest_pid,
+        })
+    }
+
     /// Stops the VM once no container is left in it.
     async fn shutdown_if_empty(&mut self) {
         if self.containers.is_empty() {
+            self.first = None;
             if let Some(sandbox) = self.sandbox.take() {
                 sandbox.shutdown(true).await;
             }
@@ -129,7 +165,10 @@ impl TaskService {
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("Restore from a checkpoint"));
         }
-        let oci = spec::for_guest(spec::load(std::path::Path::new(&req.bundle))?);
+        let oci = spec::for_guest(
+            spec::load(std::path::Path::new(&req.bundle))?,
+            pod.pod_init(),
+        )?;
         let rootfs = rootfs_source(&req);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -145,6 +184,10 @@ impl TaskService {
                 ..Default::default()
             };
             pod.sandbox = Some(Sandbox::create(&config, opts).await?);
+            pod.first = Some(req.id.clone());
+            let agent = pod.agent()?;
+            let service = self.clone();
+            tokio::spawn(async move { service.forward_oom_events(agent).await });
         }
         let created = self
             .create_in_sandbox(&mut pod, &req.id, &rootfs, &oci, &stdio)
@@ -199,7 +242,7 @@ impl TaskService {
         sandbox.create_container(id, rootfs, oci).await?;
         let agent = sandbox.agent()?.clone();
         // Output readers are in place before the process starts.
-        match io::attach_outputs(&agent, id, stdio) {
+        match io::attach_outputs(&agent, id, "", stdio) {
             Ok(outputs) => Ok(outputs),
             Err(e) => {
                 if let Err(e) = sandbox.remove_container(id).await {
@@ -210,10 +253,28 @@ impl TaskService {
         }
     }
 
+    /// Publishes a TaskOOM for each OOM kill the guest reports, while the VM runs.
+    async fn forward_oom_events(&self, agent: AgentClient) {
+        loop {
+            match agent.get_oom_event().await {
+                Ok(container_id) => {
+                    tracing::warn!(container = %container_id, "OOM kill");
+                    self.inner.events.oom(&container_id).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "OOM events end");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn do_start(&self, req: StartRequest) -> Result<StartResponse, ShimError> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return self.start_exec(req).await;
+        }
         let mut pod = self.inner.pod.lock().await;
-        let status = pod.container(&req.id)?.status;
+        let status = pod.container(&req.id)?.init.status;
         if status != Status::Created {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {} is not in the created state",
@@ -221,41 +282,97 @@ impl TaskService {
             )));
         }
         let sandbox = pod.sandbox()?;
-        sandbox.start_container(&req.id).await?;
+        let guest_pid = sandbox.start_container(&req.id).await?;
         let agent = sandbox.agent()?.clone();
         let container = pod.container(&req.id)?;
-        container.status = Status::Running;
-        container.input = io::attach_input(&agent, &req.id, &container.stdio)?;
-        if container.input.is_none() {
+        container.guest_pid = Some(guest_pid);
+        let pid = container.pid;
+        let init = &mut container.init;
+        init.status = Status::Running;
+        init.input = io::attach_input(&agent, &req.id, "", &init.stdio)?;
+        if init.input.is_none() {
             if let Err(e) = agent.close_stdin(&req.id, "").await {
                 tracing::debug!(container = %req.id, error = %e, "close stdin");
             }
         }
-        let pid = container.pid;
-        let outputs = container.outputs.take();
+        let outputs = init.outputs.take();
         // TaskStart goes out before the watcher can publish TaskExit.
         self.inner.events.started(&req.id, pid).await;
         let service = self.clone();
         let id = req.id.clone();
-        tokio::spawn(async move { service.watch_exit(agent, id, outputs).await });
+        tokio::spawn(async move { service.watch_exit(agent, id, String::new(), outputs).await });
         Ok(StartResponse {
             pid,
             ..Default::default()
         })
     }
 
-    /// Waits for the container's process, lets its output drain, records the exit and
-    /// reports it.
+    async fn start_exec(&self, req: StartRequest) -> Result<StartResponse, ShimError> {
+        let mut pod = self.inner.pod.lock().await;
+        let agent = pod.agent()?;
+        let container = pod.container(&req.id)?;
+        if container.init.status != Status::Running {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is not running",
+                req.id
+            )));
+        }
+        let pid = container.pid;
+        let process = container.process(&req.exec_id)?;
+        let spec_json = match (process.status, process.spec_json.take()) {
+            (Status::Created, Some(json)) => json,
+            _ => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {} of container {} is already started",
+                    req.exec_id, req.id
+                )))
+            }
+        };
+        agent
+            .exec_process(&req.id, &req.exec_id, spec_json)
+            .await
+            .map_err(agent_error)?;
+        process.status = Status::Running;
+        let outputs = io::attach_outputs(&agent, &req.id, &req.exec_id, &process.stdio);
+        let input = io::attach_input(&agent, &req.id, &req.exec_id, &process.stdio);
+        let (outputs, input) = match (outputs, input) {
+            (Ok(outputs), Ok(input)) => (outputs, input),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = agent.signal_process(&req.id, &req.exec_id, 9, false).await;
+                return Err(e);
+            }
+        };
+        process.input = input;
+        if process.input.is_none() {
+            if let Err(e) = agent.close_stdin(&req.id, &req.exec_id).await {
+                tracing::debug!(container = %req.id, exec = %req.exec_id, error = %e, "close stdin");
+            }
+        }
+        self.inner
+            .events
+            .exec_started(&req.id, &req.exec_id, pid)
+            .await;
+        let service = self.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        tokio::spawn(async move { service.watch_exit(agent, id, exec_id, Some(outputs)).await });
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// Waits for a process, lets its output drain, records the exit and reports it.
     async fn watch_exit(
         &self,
-        agent: runv_runtime::agent::AgentClient,
+        agent: AgentClient,
         id: String,
+        exec_id: String,
         outputs: Option<io::Outputs>,
     ) {
-        let status = match agent.wait_process(&id, "").await {
+        let status = match agent.wait_process(&id, &exec_id).await {
             Ok(exit) => u32::try_from(exit.status).unwrap_or(255),
             Err(e) => {
-                tracing::warn!(container = %id, error = %e, "lost the container's process");
+                tracing::warn!(container = %id, exec = %exec_id, error = %e, "lost the process");
                 255
             }
         };
@@ -264,7 +381,7 @@ impl TaskService {
                 .await
                 .is_err()
             {
-                tracing::warn!(container = %id, "output still open after exit; dropped the rest");
+                tracing::warn!(container = %id, exec = %exec_id, "output still open after exit; dropped the rest");
             }
         }
         let exit = Exit {
@@ -272,36 +389,85 @@ impl TaskService {
             at: SystemTime::now(),
         };
         let mut pod = self.inner.pod.lock().await;
-        if let Some(sandbox) = pod.sandbox.as_mut() {
-            let _ = sandbox.record_exit(&id, i32::try_from(status).unwrap_or(255));
+        if exec_id.is_empty() {
+            if let Some(sandbox) = pod.sandbox.as_mut() {
+                let _ = sandbox.record_exit(&id, i32::try_from(status).unwrap_or(255));
+            }
         }
         let Some(container) = pod.containers.get_mut(&id) else {
             return;
         };
         let pid = container.pid;
-        container.set_exited(exit);
-        self.inner.events.exited(&id, pid, status, exit.at).await;
+        if exec_id.is_empty() {
+            container.set_exited(exit);
+        } else if let Ok(process) = container.process(&exec_id) {
+            process.set_exited(exit);
+        } else {
+            return;
+        }
+        let process_id = if exec_id.is_empty() { &id } else { &exec_id };
+        self.inner
+            .events
+            .exited(&id, process_id, pid, status, exit.at)
+            .await;
+    }
+
+    async fn do_exec(&self, req: ExecProcessRequest) -> Result<(), ShimError> {
+        if req.exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("exec id is empty".into()));
+        }
+        let spec_json = any_json(req.spec.as_ref(), "the exec process's spec")?;
+        let mut pod = self.inner.pod.lock().await;
+        let container = pod.container(&req.id)?;
+        if container.init.status != Status::Running {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is not running",
+                req.id
+            )));
+        }
+        if container.execs.contains_key(&req.exec_id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "exec {} of container {}",
+                req.exec_id, req.id
+            )));
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        container.execs.insert(
+            req.exec_id.clone(),
+            Process::new(stdio, None, Some(spec_json)),
+        );
+        drop(pod);
+        self.inner.events.exec_added(&req.id, &req.exec_id).await;
+        Ok(())
     }
 
     async fn do_state(&self, req: StateRequest) -> Result<StateResponse, ShimError> {
-        no_exec(&req.exec_id)?;
         let mut pod = self.inner.pod.lock().await;
         let c = pod.container(&req.id)?;
-        let exit = c.exit();
+        let (bundle, pid, paused) = (c.bundle.clone(), c.pid, c.paused);
+        let p = c.process(&req.exec_id)?;
+        let exit = p.exit();
+        let status = match p.status {
+            Status::Created => TaskStatus::CREATED,
+            Status::Running if paused => TaskStatus::PAUSED,
+            Status::Running => TaskStatus::RUNNING,
+            Status::Stopped => TaskStatus::STOPPED,
+        };
         Ok(StateResponse {
-            id: c.id.clone(),
-            bundle: c.bundle.clone(),
-            pid: c.pid,
-            status: match c.status {
-                Status::Created => TaskStatus::CREATED,
-                Status::Running => TaskStatus::RUNNING,
-                Status::Stopped => TaskStatus::STOPPED,
-            }
-            .into(),
-            stdin: c.stdio.stdin.clone(),
-            stdout: c.stdio.stdout.clone(),
-            stderr: c.stdio.stderr.clone(),
-            terminal: c.stdio.terminal,
+            id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            bundle,
+            pid,
+            status: status.into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
             exit_status: exit.map(|e| e.status).unwrap_or_default(),
             exited_at: exit.map(|e| timestamp(e.at)).into(),
             ..Default::default()
@@ -309,8 +475,13 @@ impl TaskService {
     }
 
     async fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse, ShimError> {
-        no_exec(&req.exec_id)?;
-        let mut rx = self.inner.pod.lock().await.container(&req.id)?.exit_watch();
+        let mut rx = self
+            .inner
+            .pod
+            .lock()
+            .await
+            .process(&req.id, &req.exec_id)?
+            .exit_watch();
         let exit = rx
             .wait_for(|e| e.is_some())
             .await
@@ -325,35 +496,48 @@ impl TaskService {
     }
 
     async fn do_kill(&self, req: KillRequest) -> Result<(), ShimError> {
-        no_exec(&req.exec_id)?;
         let mut pod = self.inner.pod.lock().await;
-        if pod.container(&req.id)?.status == Status::Stopped {
+        let status = pod.process(&req.id, &req.exec_id)?.status;
+        if status == Status::Stopped {
             return Err(ShimError::NotFound(format!(
-                "process of container {} already finished",
+                "process {} of container {} already finished",
+                if req.exec_id.is_empty() {
+                    "init"
+                } else {
+                    &req.exec_id
+                },
                 req.id
             )));
         }
-        let agent = pod.sandbox()?.agent()?.clone();
+        if status == Status::Created && !req.exec_id.is_empty() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "exec {} of container {} is not started",
+                req.exec_id, req.id
+            )));
+        }
+        let agent = pod.agent()?;
         drop(pod);
         let signal = i32::try_from(req.signal)
             .map_err(|_| ShimError::InvalidArgument(format!("signal {}", req.signal)))?;
         agent
-            .signal_process(&req.id, "", signal, req.all)
+            .signal_process(&req.id, &req.exec_id, signal, req.all)
             .await
-            .map_err(|e| ShimError::Sandbox(e.into()))
+            .map_err(agent_error)
     }
 
     async fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse, ShimError> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return self.delete_exec(req).await;
+        }
         let mut pod = self.inner.pod.lock().await;
         let c = pod.container(&req.id)?;
-        if c.status == Status::Running {
+        if c.init.status == Status::Running {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {} is running; kill it first",
                 req.id
             )));
         }
-        let exit = c.exit().unwrap_or(Exit {
+        let exit = c.init.exit().unwrap_or(Exit {
             status: 0,
             at: SystemTime::now(),
         });
@@ -381,11 +565,129 @@ impl TaskService {
         })
     }
 
-    async fn do_close_io(&self, req: CloseIORequest) -> Result<(), ShimError> {
-        no_exec(&req.exec_id)?;
+    async fn delete_exec(&self, req: DeleteRequest) -> Result<DeleteResponse, ShimError> {
         let mut pod = self.inner.pod.lock().await;
+        let agent = pod.agent().ok();
+        let container = pod.container(&req.id)?;
+        let pid = container.pid;
+        let process = container.process(&req.exec_id)?;
+        if process.status == Status::Running {
+            return Err(ShimError::FailedPrecondition(format!(
+                "exec {} of container {} is running; kill it first",
+                req.exec_id, req.id
+            )));
+        }
+        let started = process.spec_json.is_none();
+        let exit = process.exit().unwrap_or(Exit {
+            status: 0,
+            at: SystemTime::now(),
+        });
+        container.execs.remove(&req.exec_id);
+        if let (true, Some(agent)) = (started, agent) {
+            if let Err(e) = agent.remove_process(&req.id, &req.exec_id).await {
+                tracing::debug!(container = %req.id, exec = %req.exec_id, error = %e, "remove exec");
+            }
+        }
+        Ok(DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse, ShimError> {
+        let agent = self.inner.pod.lock().await.agent()?;
+        let processes = agent.list_processes(&req.id).await.map_err(agent_error)?;
+        let mut out = Vec::with_capacity(processes.len());
+        for p in processes {
+            let info = if p.exec_id.is_empty() {
+                None
+            } else {
+                let details = ProcessDetails {
+                    exec_id: p.exec_id.clone(),
+                    ..Default::default()
+                };
+                let value = details
+                    .write_to_bytes()
+                    .map_err(|e| ShimError::Internal(format!("encode process details: {e}")))?;
+                Some(Any {
+                    type_url: PROCESS_DETAILS_TYPE_URL.to_string(),
+                    value,
+                    ..Default::default()
+                })
+            };
+            out.push(ProcessInfo {
+                pid: p.pid,
+                info: info.into(),
+                ..Default::default()
+            });
+        }
+        Ok(PidsResponse {
+            processes: out,
+            ..Default::default()
+        })
+    }
+
+    async fn do_pause(&self, id: &str, pause: bool) -> Result<(), ShimError> {
+        let mut pod = self.inner.pod.lock().await;
+        let agent = pod.agent()?;
+        let container = pod.container(id)?;
+        if container.init.status != Status::Running {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        if container.paused == pause {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {id} is already {}",
+                if pause { "paused" } else { "running" }
+            )));
+        }
+        if pause {
+            agent.pause_container(id).await.map_err(agent_error)?;
+        } else {
+            agent.resume_container(id).await.map_err(agent_error)?;
+        }
+        container.paused = pause;
+        drop(pod);
+        if pause {
+            self.inner.events.paused(id).await;
+        } else {
+            self.inner.events.resumed(id).await;
+        }
+        Ok(())
+    }
+
+    async fn do_update(&self, req: UpdateTaskRequest) -> Result<(), ShimError> {
+        let resources = any_json(req.resources.as_ref(), "resources")?;
+        let mut pod = self.inner.pod.lock().await;
+        pod.container(&req.id)?;
+        let agent = pod.agent()?;
+        drop(pod);
+        agent
+            .update_container(&req.id, resources)
+            .await
+            .map_err(agent_error)
+    }
+
+    async fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse, ShimError> {
+        let mut pod = self.inner.pod.lock().await;
+        pod.container(&req.id)?;
+        let agent = pod.agent()?;
+        drop(pod);
+        let stats = agent.stats_container(&req.id).await.map_err(agent_error)?;
+        Ok(StatsResponse {
+            stats: Some(metrics::to_any(&stats)?).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_close_io(&self, req: CloseIORequest) -> Result<(), ShimError> {
+        let mut pod = self.inner.pod.lock().await;
+        let process = pod.process(&req.id, &req.exec_id)?;
         if req.stdin {
-            if let Some(input) = pod.container(&req.id)?.input.as_mut() {
+            if let Some(input) = process.input.as_mut() {
                 input.close();
             }
         }
@@ -393,17 +695,16 @@ impl TaskService {
     }
 
     async fn do_resize_pty(&self, req: ResizePtyRequest) -> Result<(), ShimError> {
-        no_exec(&req.exec_id)?;
         let mut pod = self.inner.pod.lock().await;
-        pod.container(&req.id)?;
-        let agent = pod.sandbox()?.agent()?.clone();
+        pod.process(&req.id, &req.exec_id)?;
+        let agent = pod.agent()?;
         drop(pod);
         let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
         let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
         agent
-            .resize_terminal(&req.id, "", rows, cols)
+            .resize_terminal(&req.id, &req.exec_id, rows, cols)
             .await
-            .map_err(|e| ShimError::Sandbox(e.into()))
+            .map_err(agent_error)
     }
 
     async fn do_shutdown(&self) {
@@ -414,10 +715,6 @@ impl TaskService {
         pod.shutdown_if_empty().await;
         self.inner.exit.signal();
     }
-}
-
-fn unimplemented<T>(what: &'static str) -> TtrpcResult<T> {
-    Err(ShimError::Unimplemented(what).into())
 }
 
 #[async_trait]
@@ -486,52 +783,37 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn exec(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: containerd_shim::protos::api::ExecProcessRequest,
-    ) -> TtrpcResult<Empty> {
-        unimplemented("Exec")
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        let result = self.do_exec(req).await;
+        if let Err(e) = &result {
+            tracing::warn!(container = %id, exec = %exec_id, error = %crate::errors::chain(e), "exec");
+        }
+        result?;
+        Ok(Empty::new())
     }
 
-    async fn pids(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: containerd_shim::protos::api::PidsRequest,
-    ) -> TtrpcResult<containerd_shim::protos::api::PidsResponse> {
-        unimplemented("Pids")
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        Ok(self.do_pids(req).await?)
     }
 
-    async fn pause(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: containerd_shim::protos::api::PauseRequest,
-    ) -> TtrpcResult<Empty> {
-        unimplemented("Pause")
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        self.do_pause(&req.id, true).await?;
+        Ok(Empty::new())
     }
 
-    async fn resume(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: containerd_shim::protos::api::ResumeRequest,
-    ) -> TtrpcResult<Empty> {
-        unimplemented("Resume")
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        self.do_pause(&req.id, false).await?;
+        Ok(Empty::new())
     }
 
-    async fn update(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: containerd_shim::protos::api::UpdateTaskRequest,
-    ) -> TtrpcResult<Empty> {
-        unimplemented("Update")
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.do_update(req).await?;
+        Ok(Empty::new())
     }
 
-    async fn stats(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: containerd_shim::protos::api::StatsRequest,
-    ) -> TtrpcResult<containerd_shim::protos::api::StatsResponse> {
-        unimplemented("Stats")
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        Ok(self.do_stats(req).await?)
     }
 
     async fn checkpoint(
@@ -539,6 +821,32 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: containerd_shim::protos::api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
-        unimplemented("Checkpoint")
+        Err(ShimError::Unimplemented("Checkpoint").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_json_names_what_is_wrong() {
+        let any = |text: &str| Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: text.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            any_json(Some(&any(r#"{"args": ["sh"]}"#)), "spec").unwrap(),
+            r#"{"args": ["sh"]}"#
+        );
+        let err = any_json(Some(&any("{")), "the exec process's spec").unwrap_err();
+        assert!(
+            err.to_string().starts_with("the exec process's spec:"),
+            "{err}"
+        );
+        let err = any_json(None, "resources").unwrap_err();
+        assert_eq!(err.to_string(), "resources is missing");
+        assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT);
     }
 }

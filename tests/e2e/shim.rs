@@ -149,3 +149,245 @@ fn shim_prints_its_version() {
     assert!(out.status.success());
     assert!(stdout(&out).contains(RUNTIME), "{}", stdout(&out));
 }
+
+/// `ctr events` of this containerd, written to a file until dropped.
+struct EventLog {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl EventLog {
+    fn start(containerd: &Containerd) -> Self {
+        let path = containerd
+            .dir()
+            .join(format!("{}.events", unique_name("ev")));
+        let file = std::fs::File::create(&path).expect("events file");
+        let child = Command::new("ctr")
+            .arg("--address")
+            .arg(containerd.socket())
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        // Give the subscription a moment to be in place before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        Self { child, path }
+    }
+
+    /// The topics seen so far for container `id`, in order.
+    fn topics(&self, id: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(id))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until `topic` was seen for `id`.
+    fn wait_for(&self, id: &str, topic: &str) {
+        let deadline = Instant::now() + LIMIT;
+        while !self.topics(id).iter().any(|t| t == topic) {
+            assert!(
+                Instant::now() < deadline,
+                "no {topic} event for {id}: {:?}",
+                self.topics(id)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `name` in `ctr task metrics` output ("NAME   VALUE" lines).
+fn metric(table: &str, name: &str) -> Option<u64> {
+    table.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next()? == name).then(|| fields.next()?.parse().ok())?
+    })
+}
+
+/// The memory limit of the task `exec_ps_metrics_pause_and_oom_of_a_running_task` runs.
+const MEMORY_LIMIT: u64 = 24 * 1024 * 1024;
+
+#[test]
+fn exec_ps_metrics_pause_and_oom_of_a_running_task() {
+    let Some(containerd) = ready() else {
+        return;
+    };
+    let id = unique_name("shim-ops");
+    let events = EventLog::start(&containerd);
+    with_leak_check(&id, || {
+        let out = containerd.ctr(
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                "--memory-limit",
+                &MEMORY_LIMIT.to_string(),
+                IMAGE,
+                &id,
+                "sleep",
+                "1000",
+            ],
+            LIMIT,
+        );
+        assert!(out.status.success(), "run -d: {}", stderr(&out));
+        containerd.wait_for_task(&id, "RUNNING");
+        let ctr = |args: &[&str]| containerd.ctr(args, LIMIT);
+
+        // Exec: output, exit status, the container's pid namespace (its init is sleep).
+        let out = ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "sh",
+            "-c",
+            "echo from-exec; cat /proc/1/cmdline; echo; echo err >&2; exit 5",
+        ]);
+        assert_eq!(out.status.code(), Some(5), "exec: {}", stderr(&out));
+        assert_eq!(stdout(&out), "from-exec\nsleep\u{0}1000\u{0}\n");
+        assert!(stderr(&out).contains("err"), "{}", stderr(&out));
+        // Stdin reaches an exec process, and its end too.
+        let out = containerd.ctr_with_stdin(
+            &["task", "exec", "--exec-id", "e-in", &id, "cat"],
+            Some(b"through stdin\n"),
+            LIMIT,
+        );
+        assert_eq!(out.status.code(), Some(0), "exec cat: {}", stderr(&out));
+        assert_eq!(stdout(&out), "through stdin\n");
+        // A terminal: ctr needs one itself, so `script` gives it a pty.
+        let exec_tty = format!(
+            "ctr --address {} task exec -t --exec-id e-tty {id} sh -c 'tty; exit 3'",
+            containerd.socket().display()
+        );
+        let out = run_with_limit(
+            {
+                let mut cmd = Command::new("script");
+                cmd.args(["-qec", &exec_tty, "/dev/null"]);
+                cmd
+            },
+            None,
+            LIMIT,
+        );
+        assert_eq!(out.status.code(), Some(3), "exec -t: {}", stderr(&out));
+        assert!(stdout(&out).contains("/dev/pts/"), "{:?}", stdout(&out));
+        // A missing program is an error of the exec, not a hang.
+        let out = ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e-missing",
+            &id,
+            "no-such-program",
+        ]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("no-such-program"), "{}", stderr(&out));
+
+        // ps lists the init and a running exec process, named by its exec id.
+        let mut sleeper = Command::new("ctr");
+        sleeper
+            .arg("--address")
+            .arg(containerd.socket())
+            .args(["task", "exec", "--exec-id", "e-sleep", &id, "sleep", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut sleeper = sleeper.spawn().expect("ctr task exec");
+        let deadline = Instant::now() + LIMIT;
+        let ps = loop {
+            let out = ctr(&["task", "ps", &id]);
+            assert!(out.status.success(), "ps: {}", stderr(&out));
+            let ps = stdout(&out);
+            if ps.contains("e-sleep") {
+                break ps;
+            }
+            assert!(Instant::now() < deadline, "exec never listed: {ps}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(ps.lines().count(), 3, "header, init and exec: {ps}");
+        let out = ctr(&["task", "kill", "--exec-id", "e-sleep", "-s", "KILL", &id]);
+        assert!(out.status.success(), "kill exec: {}", stderr(&out));
+        let status = sleeper.wait().expect("wait for exec");
+        assert_eq!(status.code(), Some(137));
+
+        // Metrics from the guest's cgroup.
+        let out = ctr(&["task", "metrics", &id]);
+        assert!(out.status.success(), "metrics: {}", stderr(&out));
+        let table = stdout(&out);
+        assert!(metric(&table, "pids.current").unwrap_or(0) >= 1, "{table}");
+        assert!(metric(&table, "memory.usage").unwrap_or(0) > 0, "{table}");
+
+        // Pause and resume.
+        let out = ctr(&["task", "pause", &id]);
+        assert!(out.status.success(), "pause: {}", stderr(&out));
+        containerd.wait_for_task(&id, "PAUSED");
+        let out = ctr(&["task", "pause", &id]);
+        assert!(!out.status.success(), "a second pause must fail");
+        let out = ctr(&["task", "resume", &id]);
+        assert!(out.status.success(), "resume: {}", stderr(&out));
+        containerd.wait_for_task(&id, "RUNNING");
+
+        // The memory limit given at run is the container's cgroup limit in the guest, and
+        // a process that outgrows it is OOM-killed.
+        let table = stdout(&ctr(&["task", "metrics", &id]));
+        assert_eq!(
+            metric(&table, "memory.usage_limit"),
+            Some(MEMORY_LIMIT),
+            "{table}"
+        );
+        let out = ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e-oom",
+            &id,
+            "tail",
+            "/dev/zero",
+        ]);
+        assert_eq!(out.status.code(), Some(137), "oom exec: {}", stderr(&out));
+        events.wait_for(&id, "/tasks/oom");
+
+        let out = ctr(&["task", "kill", "-s", "KILL", &id]);
+        assert!(out.status.success(), "kill: {}", stderr(&out));
+        containerd.wait_for_task(&id, "STOPPED");
+        let out = ctr(&["task", "delete", &id]);
+        assert!(out.status.success(), "task delete: {}", stderr(&out));
+        let out = ctr(&["container", "delete", &id]);
+        assert!(out.status.success(), "container delete: {}", stderr(&out));
+    });
+    events.wait_for(&id, "/tasks/delete");
+    let topics = events.topics(&id);
+    let first = |topic: &str| {
+        topics
+            .iter()
+            .position(|t| t == topic)
+            .unwrap_or_else(|| panic!("no {topic} in {topics:?}"))
+    };
+    assert!(first("/tasks/create") < first("/tasks/start"), "{topics:?}");
+    assert!(
+        first("/tasks/start") < first("/tasks/exec-added"),
+        "{topics:?}"
+    );
+    assert!(
+        first("/tasks/exec-added") < first("/tasks/exec-started"),
+        "{topics:?}"
+    );
+    assert!(
+        first("/tasks/paused") < first("/tasks/resumed"),
+        "{topics:?}"
+    );
+    assert!(first("/tasks/oom") < first("/tasks/delete"), "{topics:?}");
+}
