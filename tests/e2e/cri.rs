@@ -267,6 +267,7 @@ fn cri_pod_on_runc() {
 /// Needs containerd-shim-runv-v2 to serve a pod: the sandbox (pause) container and further
 /// containers of the same pod in one VM (one shim for all, as the CRI's
 /// io.kubernetes.cri.sandbox-id annotation groups them), Exec (ExecSync), and Stats.
+/// To run it: `cargo test --release -p runv-tests --test cri -- --include-ignored`.
 #[test]
 #[ignore = "needs pod support in containerd-shim-runv-v2"]
 fn cri_pod_on_runv() {
