@@ -391,3 +391,47 @@ fn exec_ps_metrics_pause_and_oom_of_a_running_task() {
     );
     assert!(first("/tasks/oom") < first("/tasks/delete"), "{topics:?}");
 }
+
+#[test]
+fn a_killed_hypervisor_ends_the_task_and_delete_cleans_up() {
+    let Some(containerd) = ready() else {
+        return;
+    };
+    let id = unique_name("shim-vmdied");
+    let events = EventLog::start(&containerd);
+    with_leak_check(&id, || {
+        let out = containerd.ctr(
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                IMAGE,
+                &id,
+                "sleep",
+                "1000",
+            ],
+            LIMIT,
+        );
+        assert!(out.status.success(), "run -d: {}", stderr(&out));
+        containerd.wait_for_task(&id, "RUNNING");
+        let qemu: Vec<i32> = processes_mentioning(&id)
+            .iter()
+            .filter(|p| p.contains("qemu-system"))
+            .filter_map(|p| p.split(':').next()?.trim().parse().ok())
+            .collect();
+        assert_eq!(qemu.len(), 1, "one hypervisor for the task: {qemu:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemu[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the hypervisor");
+        events.wait_for(&id, "/tasks/exit");
+        containerd.wait_for_task(&id, "STOPPED");
+        let out = containerd.ctr(&["task", "delete", &id], LIMIT);
+        assert!(out.status.success(), "task delete: {}", stderr(&out));
+        let out = containerd.ctr(&["container", "delete", &id], LIMIT);
+        assert!(out.status.success(), "container delete: {}", stderr(&out));
+    });
+    events.wait_for(&id, "/tasks/delete");
+}
