@@ -264,12 +264,10 @@ fn cri_pod_on_runc() {
     assert_stats(&report);
 }
 
-/// Needs containerd-shim-runv-v2 to serve a pod: the sandbox (pause) container and further
-/// containers of the same pod in one VM (one shim for all, as the CRI's
-/// io.kubernetes.cri.sandbox-id annotation groups them), Exec (ExecSync), and Stats.
-/// To run it: `cargo test --release -p runv-tests --test cri -- --include-ignored`.
+/// containerd-shim-runv-v2 serving a pod: the sandbox (pause) container and the pod's
+/// containers in one VM (one shim for all, as the CRI's io.kubernetes.cri.sandbox-id
+/// annotation groups them), Exec (ExecSync), and Stats.
 #[test]
-#[ignore = "needs pod support in containerd-shim-runv-v2"]
 fn cri_pod_on_runv() {
     let Some(report) = pod_lifecycle(RUNV_HANDLER) else {
         return;
