@@ -11,6 +11,10 @@ OUT         := target/runv
 AGENT       := target/$(MUSL_TARGET)/release/runv-agent
 # Two VMs at a time fit the 2-core machines runv is tested on.
 E2E_THREADS ?= 2
+# Root of the file system whose containerd configuration `make install` sets up (runtime
+# handler runv); CONTAINERD_RESTART=1 restarts a running containerd to load it.
+CONTAINERD_ROOT ?= /
+CONTAINERD_RESTART ?=
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
@@ -47,6 +51,7 @@ install: build kernel initramfs rootfs
 	rm -rf $(SHAREDIR)/rootfs/busybox.new && mkdir -p $(SHAREDIR)/rootfs && \
 	  cp -a $(OUT)/rootfs/busybox $(SHAREDIR)/rootfs/busybox.new && \
 	  rm -rf $(SHAREDIR)/rootfs/busybox && mv $(SHAREDIR)/rootfs/busybox.new $(SHAREDIR)/rootfs/busybox
+	scripts/containerd-config.sh $(if $(CONTAINERD_RESTART),--restart) $(CONTAINERD_ROOT)
 	$(BINDIR)/runv check
 
 demo:
