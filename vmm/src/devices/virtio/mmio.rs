@@ -206,7 +206,18 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let queues: Vec<Queue> = self.queues.iter().filter_map(copy_queue).collect();
+        // VIRTIO_RING_F_EVENT_IDX negotiated: the queues use avail_event/used_event.
+        let event_idx =
+            self.driver_features & self.device.features() & super::VIRTIO_RING_F_EVENT_IDX != 0;
+        let queues: Vec<Queue> = self
+            .queues
+            .iter()
+            .filter_map(copy_queue)
+            .map(|mut q| {
+                q.set_event_idx(event_idx);
+                q
+            })
+            .collect();
         let all_valid = queues.len() == self.queues.len()
             && queues.iter().all(|q| q.ready() && q.is_valid(&self.mem));
         let evts: Result<Vec<EventFd>, _> = self.queue_evts.iter().map(|e| e.try_clone()).collect();
@@ -384,6 +395,9 @@ mod tests {
         activated: Arc<AtomicUsize>,
         processed: Arc<AtomicUsize>,
         acked: u64,
+        offer: u64,
+        /// Queues handed over with event_idx on, at the last activation.
+        event_idx_queues: Arc<AtomicUsize>,
     }
 
     impl VirtioDevice for Dummy {
@@ -394,7 +408,7 @@ mod tests {
             &[16, 16]
         }
         fn features(&self) -> u64 {
-            0x5
+            self.offer
         }
         fn ack_features(&mut self, f: u64) {
             self.acked = f;
@@ -404,6 +418,9 @@ mod tests {
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             assert_eq!(ctx.queues.len(), 2);
+            let with_event_idx = ctx.queues.iter().filter(|q| q.event_idx_enabled()).count();
+            self.event_idx_queues
+                .store(with_event_idx, Ordering::SeqCst);
             self.activated.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
@@ -423,14 +440,29 @@ mod tests {
     }
 
     fn transport() -> (MmioTransport, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (t, activated, processed, _) = transport_offering(0x5);
+        (t, activated, processed)
+    }
+
+    fn transport_offering(
+        offer: u64,
+    ) -> (
+        MmioTransport,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+    ) {
         let mem =
             crate::vstate::memory::create_guest_memory(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let activated = Arc::new(AtomicUsize::new(0));
         let processed = Arc::new(AtomicUsize::new(0));
+        let event_idx_queues = Arc::new(AtomicUsize::new(0));
         let dev = Dummy {
             activated: Arc::clone(&activated),
             processed: Arc::clone(&processed),
             acked: 0,
+            offer,
+            event_idx_queues: Arc::clone(&event_idx_queues),
         };
         let metrics = Arc::new(DeviceMetrics::default());
         let irq = Arc::new(VirtioInterrupt::new(
@@ -441,7 +473,41 @@ mod tests {
             MmioTransport::new(Box::new(dev), mem, irq, metrics).unwrap(),
             activated,
             processed,
+            event_idx_queues,
         )
+    }
+
+    /// Initialises the device accepting `driver_features` (low word) and two queues.
+    fn init_with(t: &mut MmioTransport, driver_features: u32) {
+        wr(t, reg::STATUS, status::ACKNOWLEDGE);
+        wr(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        wr(t, reg::DRIVER_FEATURES_SEL, 1);
+        wr(t, reg::DRIVER_FEATURES, 1);
+        wr(t, reg::DRIVER_FEATURES_SEL, 0);
+        wr(t, reg::DRIVER_FEATURES, driver_features);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        wr(t, reg::STATUS, s);
+        setup_queue(t, 0, 0x1000);
+        setup_queue(t, 1, 0x2000);
+        wr(t, reg::STATUS, s | status::DRIVER_OK);
+        assert!(t.is_activated());
+    }
+
+    #[test]
+    fn event_idx_reaches_the_queues_only_when_negotiated() {
+        let event_idx = u32::try_from(crate::devices::virtio::VIRTIO_RING_F_EVENT_IDX).unwrap();
+        // Offered and accepted.
+        let (mut t, _, _, seen) = transport_offering(0x5 | u64::from(event_idx));
+        init_with(&mut t, 0x5 | event_idx);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        // Offered, not accepted.
+        let (mut t, _, _, seen) = transport_offering(0x5 | u64::from(event_idx));
+        init_with(&mut t, 0x5);
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+        // Accepted without the offer: ignored.
+        let (mut t, _, _, seen) = transport_offering(0x5);
+        init_with(&mut t, 0x5 | event_idx);
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use virtio_queue::Queue;
 use super::request::{process_queue, BlockSettings, DiskBackend, ID_LEN, SECTOR_SIZE};
 use crate::devices::virtio::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::metrics::DeviceMetrics;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -133,6 +133,7 @@ impl VirtioDevice for Block {
     fn features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_INDIRECT_DESC
+            | VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX;
         if self.settings.read_only {

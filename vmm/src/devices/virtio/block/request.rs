@@ -225,21 +225,28 @@ pub fn process_queue<D: DiskBackend>(
     metrics: &DeviceMetrics,
 ) -> bool {
     let mut used_any = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let len = match execute_request(mem, chain, disk, settings, metrics) {
-            Ok(len) => len,
-            Err(_) => {
+    'drain: loop {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = match execute_request(mem, chain, disk, settings, metrics) {
+                Ok(len) => len,
+                Err(_) => {
+                    metrics.errors.inc();
+                    0
+                }
+            };
+            metrics.requests.inc();
+            if queue.add_used(mem, head, len).is_err() {
                 metrics.errors.inc();
-                0
+                break 'drain;
             }
-        };
-        metrics.requests.inc();
-        if queue.add_used(mem, head, len).is_err() {
-            metrics.errors.inc();
+            used_any = true;
+        }
+        // Ask for the next notification (avail_event with EVENT_IDX); drain again if a
+        // request came in meanwhile.
+        if !queue.enable_notification(mem).unwrap_or(false) {
             break;
         }
-        used_any = true;
     }
     used_any && queue.needs_notification(mem).unwrap_or(true)
 }
@@ -252,6 +259,9 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
+
+    /// A used ring placed clear of the mock queue's other rings.
+    const USED: u64 = 0x8000;
 
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
@@ -312,6 +322,80 @@ mod tests {
             desc(DATA, data_len, VRING_DESC_F_NEXT | data_flags),
             desc(STATUS, 1, VRING_DESC_F_WRITE),
         ]
+    }
+
+    /// With VIRTIO_RING_F_EVENT_IDX: after each drain the device asks for the next
+    /// notification through avail_event (= next entry it will look at), and interrupts only
+    /// when the used index passes the driver's used_event.
+    #[test]
+    fn event_idx_publishes_avail_event_and_follows_used_event() {
+        let m = mem();
+        let mut disk = vec![0u8; 8 * 512];
+        header(&m, VIRTIO_BLK_T_FLUSH, 0);
+        let vq = MockSplitQueue::new(&m, 16);
+        let flush = |first: u16| {
+            [
+                RawDescriptor::from(SplitDescriptor::new(
+                    HDR,
+                    16,
+                    VRING_DESC_F_NEXT as u16,
+                    first + 1,
+                )),
+                desc(STATUS, 1, VRING_DESC_F_WRITE),
+            ]
+        };
+        let used_event = GuestAddress(vq.avail_addr().0 + 4 + 2 * 16);
+        let avail_event = GuestAddress(USED + 4 + 8 * 16);
+        let used_idx = GuestAddress(USED + 2);
+        let mut q: Queue = vq.create_queue().unwrap();
+        // The mock's used ring overlaps the avail ring's used_event: move it out of the way.
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_event_idx(true);
+        let (s, metrics) = (settings(false), DeviceMetrics::default());
+        // Two requests; the driver wants an interrupt once entry 1 is used.
+        vq.add_desc_chains(&flush(0), 0).unwrap();
+        vq.add_desc_chains(&flush(2), 2).unwrap();
+        m.write_obj(1u16, used_event).unwrap();
+        assert!(process_queue(&m, &mut q, &mut disk, &s, &metrics));
+        assert_eq!(m.read_obj::<u16>(used_idx).unwrap(), 2);
+        assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), 2);
+        // One more, but the driver asks for an interrupt only after entry 9: none now.
+        m.write_obj(9u16, used_event).unwrap();
+        vq.add_desc_chains(&flush(4), 4).unwrap();
+        assert!(!process_queue(&m, &mut q, &mut disk, &s, &metrics));
+        assert_eq!(m.read_obj::<u16>(used_idx).unwrap(), 3);
+        assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), 3);
+        // The driver moves used_event to the current entry: the next request interrupts.
+        m.write_obj(3u16, used_event).unwrap();
+        vq.add_desc_chains(&flush(6), 6).unwrap();
+        assert!(process_queue(&m, &mut q, &mut disk, &s, &metrics));
+        assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), 4);
+        assert_eq!(metrics.requests.get(), 4);
+    }
+
+    /// Without the feature: every drain interrupts and avail_event is left alone.
+    #[test]
+    fn without_event_idx_every_drain_interrupts() {
+        let m = mem();
+        let mut disk = vec![0u8; 8 * 512];
+        header(&m, VIRTIO_BLK_T_FLUSH, 0);
+        let vq = MockSplitQueue::new(&m, 16);
+        let avail_event = GuestAddress(USED + 4 + 8 * 16);
+        m.write_obj(9u16, GuestAddress(vq.avail_addr().0 + 4 + 2 * 16))
+            .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        let (s, metrics) = (settings(false), DeviceMetrics::default());
+        vq.add_desc_chains(
+            &link(&[
+                desc(HDR, 16, VRING_DESC_F_NEXT),
+                desc(STATUS, 1, VRING_DESC_F_WRITE),
+            ]),
+            0,
+        )
+        .unwrap();
+        assert!(process_queue(&m, &mut q, &mut disk, &s, &metrics));
+        assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), 0);
     }
 
     #[test]

@@ -4,14 +4,14 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::queue::{deliver_rx, process_tx, RxOutcome, MAX_FRAME_LEN};
 use super::tap::Tap;
 use crate::devices::virtio::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::metrics::DeviceMetrics;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -93,14 +93,20 @@ impl Net {
                 &self.rx_frame[..self.rx_len],
                 &self.metrics,
             ) {
-                RxOutcome::NoBuffer => break,
+                RxOutcome::NoBuffer => {
+                    // Out of buffers: ask the driver to notify when it adds some, and retry
+                    // at once if it did meanwhile.
+                    if !active.rx.enable_notification(&active.mem).unwrap_or(false) {
+                        break;
+                    }
+                }
                 RxOutcome::Delivered | RxOutcome::Dropped => {
                     delivered = true;
                     self.rx_pending = false;
                 }
             }
         }
-        if delivered {
+        if delivered && active.rx.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
     }
@@ -114,7 +120,10 @@ impl VirtioDevice for Net {
         QUEUE_SIZES
     }
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_NET_F_MAC
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_NET_F_MAC
     }
     fn ack_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -40,30 +40,36 @@ pub fn process_tx<S: FrameSink>(
     metrics: &DeviceMetrics,
 ) -> bool {
     let mut used_any = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        match Reader::new(mem, chain) {
-            Ok(reader) if reader.available_bytes() <= MAX_FRAME_LEN => {
-                let len = reader.available_bytes();
-                buf.clear();
-                let mut reader = reader;
-                let sent = len >= VNET_HDR_LEN
-                    && reader.read_to_end(buf).is_ok()
-                    && sink.send(buf).is_ok();
-                if sent {
-                    metrics.bytes_from_guest.add((len - VNET_HDR_LEN) as u64);
-                } else {
-                    metrics.errors.inc();
+    'drain: loop {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            match Reader::new(mem, chain) {
+                Ok(reader) if reader.available_bytes() <= MAX_FRAME_LEN => {
+                    let len = reader.available_bytes();
+                    buf.clear();
+                    let mut reader = reader;
+                    let sent = len >= VNET_HDR_LEN
+                        && reader.read_to_end(buf).is_ok()
+                        && sink.send(buf).is_ok();
+                    if sent {
+                        metrics.bytes_from_guest.add((len - VNET_HDR_LEN) as u64);
+                    } else {
+                        metrics.errors.inc();
+                    }
                 }
+                _ => metrics.errors.inc(),
             }
-            _ => metrics.errors.inc(),
+            metrics.requests.inc();
+            if queue.add_used(mem, head, 0).is_err() {
+                metrics.errors.inc();
+                break 'drain;
+            }
+            used_any = true;
         }
-        metrics.requests.inc();
-        if queue.add_used(mem, head, 0).is_err() {
-            metrics.errors.inc();
+        // Ask for the next notification; send again if a frame came in meanwhile.
+        if !queue.enable_notification(mem).unwrap_or(false) {
             break;
         }
-        used_any = true;
     }
     used_any && queue.needs_notification(mem).unwrap_or(true)
 }
@@ -127,12 +133,49 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
+    /// A used ring placed clear of the mock queue's other rings.
+    const USED: u64 = 0x8000;
+
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
     }
 
     fn d(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    }
+
+    /// With VIRTIO_RING_F_EVENT_IDX, TX publishes avail_event after each drain and interrupts
+    /// only as the driver's used_event asks.
+    #[test]
+    fn tx_event_idx() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        m.write_slice(&[0u8; 12], GuestAddress(0x10_0000)).unwrap();
+        let frame = |i: u16| [d(0x10_0000, 12, 0, i)];
+        let used_event = GuestAddress(vq.avail_addr().0 + 4 + 2 * 16);
+        let avail_event = GuestAddress(USED + 4 + 8 * 16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        // The mock's used ring overlaps the avail ring's used_event: move it out of the way.
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_event_idx(true);
+        let mut sink: Vec<Vec<u8>> = Vec::new();
+        let metrics = DeviceMetrics::default();
+        vq.add_desc_chains(&frame(0), 0).unwrap();
+        vq.add_desc_chains(&frame(1), 1).unwrap();
+        m.write_obj(5u16, used_event).unwrap();
+        assert!(!process_tx(
+            &m,
+            &mut q,
+            &mut sink,
+            &mut Vec::new(),
+            &metrics
+        ));
+        assert_eq!(sink.len(), 2);
+        assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), 2);
+        m.write_obj(2u16, used_event).unwrap();
+        vq.add_desc_chains(&frame(2), 2).unwrap();
+        assert!(process_tx(&m, &mut q, &mut sink, &mut Vec::new(), &metrics));
+        assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), 3);
     }
 
     #[test]
