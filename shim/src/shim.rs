@@ -133,12 +133,18 @@ fn write_address_file(address: &str) -> Result<(), ProtocolError> {
 
 /// `delete`: containerd's cleanup after a shim that is gone. Its helpers died with it
 /// (PR_SET_PDEATHSIG) and its mounts with its mount namespace; what is left is to make sure
-/// of the processes and remove the sandbox's state directory.
+/// of the processes and remove the sandbox's state directory and the dead shim's socket.
 pub async fn delete(flags: &Flags) -> Result<Vec<u8>, ProtocolError> {
     let cwd = std::env::current_dir().map_err(io_err("Get the bundle directory"))?;
     let group = grouping(&flags.id, &cwd);
     if group == flags.id {
         cleanup_sandbox(&group)?;
+        // The socket of a shim that was killed stays behind; nothing answers on it any more.
+        let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
+        let path = socket_path(&address);
+        if tokio::net::UnixStream::connect(path).await.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
     }
     let response = DeleteResponse {
         pid: 0,

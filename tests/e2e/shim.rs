@@ -134,11 +134,18 @@ fn kill_all_ends_the_task_with_137_and_a_killed_shim_leaves_nothing() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill the shim");
+    let socket = containerd.shim_socket("default", &id);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Path::new(STATE_DIR).join(&id).exists() && Instant::now() < deadline {
+    while (Path::new(STATE_DIR).join(&id).exists() || socket.exists()) && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_no_leaks(&id);
+    assert!(
+        !socket.exists(),
+        "the dead shim's socket {} is left",
+        socket.display()
+    );
     let out = containerd.ctr(&["container", "delete", &id], LIMIT);
     assert!(out.status.success(), "container delete: {}", stderr(&out));
 }
@@ -434,4 +441,31 @@ fn a_killed_hypervisor_ends_the_task_and_delete_cleans_up() {
         assert!(out.status.success(), "container delete: {}", stderr(&out));
     });
     events.wait_for(&id, "/tasks/delete");
+}
+
+#[test]
+fn ctr_run_with_a_terminal() {
+    let Some(containerd) = ready() else {
+        return;
+    };
+    let id = unique_name("shim-tty");
+    let out = with_leak_check(&id, || {
+        let command = format!(
+            "stty rows 27 cols 91; ctr --address {} run -t --rm --runtime {RUNTIME} {IMAGE} {id} \
+             sh -c 'tty; stty size; exit 4'",
+            containerd.socket().display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &command, "/dev/null"]);
+        run_with_limit(cmd, None, LIMIT)
+    });
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(4), "{text:?} {}", stderr(&out));
+    assert!(!text.contains('\0'), "NUL in the output: {text:?}");
+    // ctr writes a NUL to the terminal's input at start, which the container's terminal
+    // echoes as "^@" (the same under runc).
+    let text = text.strip_prefix("^@").unwrap_or(&text);
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{text:?}");
+    assert!(lines.contains(&"27 91"), "the caller's size: {text:?}");
 }
