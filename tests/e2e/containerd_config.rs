@@ -433,7 +433,12 @@ fn cri_runs_a_pod_on_handler_runv_of_the_dropin() {
     let missing = cri
         .run_pod_sandbox(&pod_config, "runv-missing")
         .expect_err("a pod on an unknown handler");
-    assert!(missing.message().contains("runv-missing"), "{missing}");
+    assert!(
+        missing
+            .message()
+            .contains("no runtime for \"runv-missing\" is configured"),
+        "{missing}"
+    );
 
     let pod = cri
         .run_pod_sandbox(&pod_config, RUNV_HANDLER)
