@@ -203,6 +203,9 @@ pub struct RuntimeConfig {
     pub shutdown_timeout_ms: u64,
     /// Guest log level: error, warn, info, debug.
     pub guest_log_level: String,
+    /// Pod annotations that may change a sandbox (`io.runv.vcpus`, `io.runv.memory_mib`);
+    /// a trailing `*` allows every name with that prefix. Empty: none may.
+    pub allowed_annotations: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -214,11 +217,21 @@ impl Default for RuntimeConfig {
             request_timeout_ms: 10_000,
             shutdown_timeout_ms: 3_000,
             guest_log_level: "warn".to_string(),
+            allowed_annotations: Vec::new(),
         }
     }
 }
 
 impl RuntimeConfig {
+    /// Whether the pod annotation `name` is allowed to take effect.
+    pub fn annotation_allowed(&self, name: &str) -> bool {
+        self.allowed_annotations
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            })
+    }
     /// [`Self::boot_timeout_ms`] as a duration.
     pub fn boot_timeout(&self) -> Duration {
         Duration::from_millis(self.boot_timeout_ms)

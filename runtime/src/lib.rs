@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod config;
 pub mod host;
+pub mod host_cgroup;
 pub mod hypervisor;
 pub mod process;
 pub mod rootfs;

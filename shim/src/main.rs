@@ -8,6 +8,7 @@ mod events;
 mod io;
 mod metrics;
 mod shim;
+mod sizing;
 mod spec;
 mod task;
 

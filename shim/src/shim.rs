@@ -139,6 +139,18 @@ pub async fn delete(flags: &Flags) -> Result<Vec<u8>, ProtocolError> {
     let group = grouping(&flags.id, &cwd);
     if group == flags.id {
         cleanup_sandbox(&group)?;
+        // The killed shim's host cgroup is empty now that its processes are gone.
+        let cgroups_path = crate::spec::load(&cwd).ok().and_then(|s| {
+            s.linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.display().to_string())
+        });
+        if let Some(path) = cgroups_path.filter(|p| !p.is_empty()) {
+            if let Err(e) = runv_runtime::host_cgroup::remove(&path) {
+                tracing::warn!(path, error = %e, "remove the host cgroup");
+            }
+        }
         // The socket of a shim that was killed stays behind; nothing answers on it any more.
         let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
         let path = socket_path(&address);

@@ -23,6 +23,7 @@ use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
 use containerd_shim::protos::types::task::ProcessInfo;
 use runv_runtime::agent::AgentClient;
 use runv_runtime::config::Config;
+use runv_runtime::host_cgroup::HostCgroup;
 use runv_runtime::rootfs::{RootMount, RootfsSource};
 use runv_runtime::sandbox::{Sandbox, SandboxOptions};
 use tokio::sync::Mutex;
@@ -31,7 +32,7 @@ use crate::container::{Container, Exit, Process, Status};
 use crate::errors::ShimError;
 use crate::events::{timestamp, Events};
 use crate::io::{self, StdioPaths};
-use crate::{metrics, spec};
+use crate::{metrics, sizing, spec};
 
 /// How long output may keep coming after the process exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +50,9 @@ struct Pod {
     /// The container that booted the VM: the pod's sandbox (pause) container under CRI,
     /// whose namespaces the pod's other containers join.
     first: Option<String>,
+    /// The host cgroup the shim and the VM's processes run in (dropping it leaves and
+    /// removes it).
+    host_cgroup: Option<HostCgroup>,
 }
 
 struct Inner {
@@ -101,6 +105,27 @@ fn rootfs_source(req: &CreateTaskRequest) -> RootfsSource {
     )
 }
 
+/// Joins the sandbox container's `linux.cgroupsPath` on the host, so that the VM's
+/// processes are born in it; none when the spec names none.
+fn join_host_cgroup(spec: &oci_spec::runtime::Spec) -> Result<Option<HostCgroup>, ShimError> {
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(None);
+    };
+    match HostCgroup::join(&path) {
+        Ok(cgroup) => Ok(Some(cgroup)),
+        Err(e @ runv_runtime::host_cgroup::HostCgroupError::InvalidPath { .. }) => Err(
+            ShimError::InvalidArgument(format!("linux.cgroupsPath: {e}")),
+        ),
+        Err(e) => Err(ShimError::Internal(format!("host cgroup: {e}"))),
+    }
+}
+
 fn agent_error(e: runv_runtime::agent::AgentError) -> ShimError {
     ShimError::Sandbox(e.into())
 }
@@ -145,13 +170,15 @@ impl Pod {
         })
     }
 
-    /// Stops the VM once no container is left in it.
+    /// Stops the VM once no container is left in it, then leaves and removes the host
+    /// cgroup.
     async fn shutdown_if_empty(&mut self) {
         if self.containers.is_empty() {
             self.first = None;
             if let Some(sandbox) = self.sandbox.take() {
                 sandbox.shutdown(true).await;
             }
+            self.host_cgroup = None;
         }
     }
 }
@@ -165,10 +192,8 @@ impl TaskService {
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("Restore from a checkpoint"));
         }
-        let oci = spec::for_guest(
-            spec::load(std::path::Path::new(&req.bundle))?,
-            pod.pod_init(),
-        )?;
+        let host_spec = spec::load(std::path::Path::new(&req.bundle))?;
+        let oci = spec::for_guest(host_spec.clone(), pod.pod_init())?;
         let rootfs = rootfs_source(&req);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -179,11 +204,23 @@ impl TaskService {
         if pod.sandbox.is_none() {
             let (config, _) =
                 Config::load().map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+            let (vcpus, memory_mib) = sizing::vm_size(&host_spec, &config)?;
+            pod.host_cgroup = join_host_cgroup(&host_spec)?;
             let opts = SandboxOptions {
                 id: Some(self.inner.sandbox_id.clone()),
+                vcpus: Some(vcpus),
+                memory_mib: Some(memory_mib),
                 ..Default::default()
             };
-            pod.sandbox = Some(Sandbox::create(&config, opts).await?);
+            let sandbox = match Sandbox::create(&config, opts).await {
+                Ok(sandbox) => sandbox,
+                Err(e) => {
+                    pod.host_cgroup = None;
+                    return Err(e.into());
+                }
+            };
+            tracing::info!(vcpus, memory_mib, "pod VM started");
+            pod.sandbox = Some(sandbox);
             pod.first = Some(req.id.clone());
             let agent = pod.agent()?;
             let service = self.clone();

@@ -24,6 +24,10 @@ struct PodReport {
     helpers: Vec<(i32, String)>,
     /// The host cgroups below the pod's cgroup parent, while it ran.
     cgroups: Vec<std::path::PathBuf>,
+    /// The pod's cgroup parent.
+    cgroup_parent: String,
+    /// `/proc/<pid>/cgroup` of each of `helpers`, while it ran.
+    helper_cgroups: Vec<(i32, String)>,
 }
 
 impl PodReport {
@@ -144,8 +148,17 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
         boot_ids: Vec::new(),
         releases: Vec::new(),
         stats: Vec::new(),
+        helper_cgroups: helpers
+            .iter()
+            .map(|(pid, _)| {
+                let text =
+                    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+                (*pid, text)
+            })
+            .collect(),
         helpers,
         cgroups: containerd.cgroups(),
+        cgroup_parent: containerd.cgroup_parent(),
     };
     for id in &ids {
         let boot_id = exec(
@@ -285,5 +298,16 @@ fn cri_pod_on_runv() {
         "one QEMU for the pod: {:?}",
         report.helpers
     );
+    // The VM's processes run in the pod's host cgroup (the sandbox container's
+    // cgroupsPath, below the pod's cgroup parent) in every hierarchy.
+    let parent = format!(":{}/", report.cgroup_parent);
+    for (pid, text) in &report.helper_cgroups {
+        assert!(
+            !text.is_empty() && text.lines().all(|l| l.contains(&parent)),
+            "process {pid} is not in the pod's cgroup below {}: {text}",
+            report.cgroup_parent
+        );
+    }
+    assert!(!report.cgroups.is_empty(), "no host cgroup for the pod");
     assert_stats(&report);
 }
