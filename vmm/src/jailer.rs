@@ -299,8 +299,8 @@ fn share_libraries(root: &Path) -> Result<(), JailError> {
     Ok(())
 }
 
-const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: i128 = 0x0027_e0eb;
+const CGROUP2_SUPER_MAGIC: i128 = 0x6367_7270;
 
 /// Moves this process into the cgroup directory `dir` (cgroup v2, or a v1 hierarchy): its
 /// pid goes into `cgroup.procs`. The directory must exist on a cgroup file system; creating
@@ -313,8 +313,8 @@ pub fn join_cgroup(dir: &Path) -> Result<(), JailError> {
     check(format!("statfs {}", dir.display()), unsafe {
         libc::statfs(c.as_ptr(), &mut st)
     })?;
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
+    // i64 with glibc, u64 with musl.
+    let magic = i128::from(st.f_type);
     if magic != CGROUP_SUPER_MAGIC && magic != CGROUP2_SUPER_MAGIC {
         return Err(usage(format!(
             "--cgroup {}: not a cgroup directory",

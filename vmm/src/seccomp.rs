@@ -87,6 +87,8 @@ fn common_syscalls() -> Vec<libc::c_long> {
         libc::SYS_gettid,
         libc::SYS_getpid,
         libc::SYS_tgkill,
+        // musl's pthread_kill (the vCPU kick) uses tkill.
+        libc::SYS_tkill,
         libc::SYS_rseq,
         libc::SYS_set_robust_list,
         libc::SYS_socket,
