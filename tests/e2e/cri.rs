@@ -12,6 +12,9 @@ use runv_tests::containerd::{
 use runv_tests::cri::{self, v1 as api};
 use runv_tests::*;
 
+/// The memory limit UpdateContainerResources gives the first container.
+const UPDATED_MEMORY_LIMIT: i64 = 96 * 1024 * 1024;
+
 /// What a pod's containers saw while it ran.
 struct PodReport {
     /// `cat /proc/sys/kernel/random/boot_id` in each container.
@@ -20,6 +23,8 @@ struct PodReport {
     releases: Vec<String>,
     /// `ContainerStats` of each container.
     stats: Vec<api::ContainerStats>,
+    /// The first container's memory limit as it sees it, after UpdateContainerResources.
+    updated_memory_limit: String,
     /// The command lines of the processes the pod's shims started, while it ran.
     helpers: Vec<(i32, String)>,
     /// The host cgroups below the pod's cgroup parent, while it ran.
@@ -148,6 +153,7 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
         boot_ids: Vec::new(),
         releases: Vec::new(),
         stats: Vec::new(),
+        updated_memory_limit: String::new(),
         helper_cgroups: helpers
             .iter()
             .map(|(pid, _)| {
@@ -178,6 +184,26 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
             .unwrap_or_else(|e| panic!("{}", log(&format!("ContainerStats {id}"), e)));
         report.stats.push(stats);
     }
+    // New limits reach the container's cgroup (cgroup v2 in a runv guest, the v1 memory
+    // controller under runc on a hybrid host).
+    let resources = api::LinuxContainerResources {
+        memory_limit_in_bytes: UPDATED_MEMORY_LIMIT,
+        ..Default::default()
+    };
+    cri.update_container_resources(&ids[0], resources)
+        .unwrap_or_else(|e| panic!("{}", log("UpdateContainerResources", e)));
+    report.updated_memory_limit = exec(
+        &mut cri,
+        &containerd,
+        &ids[0],
+        &[
+            "sh",
+            "-c",
+            "f=/sys/fs/cgroup$(grep '^0::' /proc/self/cgroup | cut -d: -f3)/memory.max; \
+             if [ -f \"$f\" ]; then cat \"$f\"; \
+             else cat /sys/fs/cgroup/memory/memory.limit_in_bytes; fi",
+        ],
+    );
     // An exec's exit status and both of its streams come back apart.
     let out = cri
         .exec_sync(&ids[1], &["sh", "-c", "echo out; echo err >&2; exit 3"], 60)
@@ -243,6 +269,11 @@ fn pod_lifecycle(handler: &str) -> Option<PodReport> {
 
 /// Checks of the CRI flow itself, whatever the runtime.
 fn assert_stats(report: &PodReport) {
+    assert_eq!(
+        report.updated_memory_limit,
+        UPDATED_MEMORY_LIMIT.to_string(),
+        "the updated memory limit inside the container"
+    );
     assert_eq!(report.stats.len(), 2);
     for stats in &report.stats {
         let working_set = stats

@@ -151,6 +151,20 @@ impl Cri {
             .map(|r| r.stats.expect("ContainerStats without stats"))
     }
 
+    /// `UpdateContainerResources` of container `id`: its Linux resources become `resources`.
+    pub fn update_container_resources(
+        &mut self,
+        id: &str,
+        resources: api::LinuxContainerResources,
+    ) -> Result<(), tonic::Status> {
+        let request = api::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        call!(self, runtime, update_container_resources, request).map(|_| ())
+    }
+
     /// `ContainerStatus` of container `id`.
     pub fn container_status(&mut self, id: &str) -> Result<api::ContainerStatus, tonic::Status> {
         let request = api::ContainerStatusRequest {
