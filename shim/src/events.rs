@@ -28,6 +28,11 @@ impl Events {
         }
     }
 
+    /// The containerd namespace the events go to.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Err(e) = self
             .publisher

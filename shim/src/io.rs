@@ -1,5 +1,6 @@
-//! A task's stdio: containerd's FIFOs on the host, copied to and from the agent's stream
-//! RPCs by the library's copy loops.
+//! A task's stdio: containerd's FIFOs on the host (or, for output, a `file://` log file or
+//! a `binary://` logging program), copied to and from the agent's stream RPCs by the
+//! library's copy loops.
 
 use std::io::ErrorKind;
 
@@ -28,13 +29,31 @@ pub struct StdioPaths {
 /// The output copies of a task, running from Create on.
 pub struct Outputs {
     handles: Vec<JoinHandle<()>>,
+    /// A `binary://` logging program, which ends once both of its streams have.
+    logger: Option<tokio::process::Child>,
 }
 
+/// How long a logging program may take to get ready, and to finish after its streams end.
+const LOGGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Outputs {
-    /// Waits until every output stream has reached its end.
+    /// Waits until every output stream has reached its end (and a logging program has
+    /// written it all out).
     pub async fn finished(mut self) {
         for handle in std::mem::take(&mut self.handles) {
             let _ = handle.await;
+        }
+        if let Some(mut logger) = self.logger.take() {
+            match tokio::time::timeout(LOGGER_TIMEOUT, logger.wait()).await {
+                Ok(Ok(status)) if !status.success() => {
+                    tracing::warn!(%status, "logging program ended with an error");
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("logging program still running after its streams ended; killed");
+                    let _ = logger.kill().await;
+                }
+            }
         }
     }
 }
@@ -52,21 +71,91 @@ impl Drop for Outputs {
 pub fn attach_outputs_none() -> Outputs {
     Outputs {
         handles: Vec::new(),
+        logger: None,
     }
 }
 
-fn fifo_path(path: &str) -> Result<Option<&str>, ShimError> {
-    if path.is_empty() {
+/// Where one stdio stream goes, as containerd names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A FIFO path (plain, or `fifo://`).
+    Fifo(String),
+    /// `file:///PATH`: appended to the file.
+    File(std::path::PathBuf),
+    /// `binary:///PATH?k=v`: a logging program reads the streams on fds 3 and 4.
+    Binary {
+        program: std::path::PathBuf,
+        args: Vec<String>,
+    },
+}
+
+/// Decodes the %XX escapes of a URI part.
+fn percent_decode(text: &str) -> Result<String, ()> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).ok_or(())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ())
+}
+
+/// Parses a stdio path or URI; `None` for no stream.
+fn target(uri: &str) -> Result<Option<Target>, ShimError> {
+    if uri.is_empty() {
         return Ok(None);
     }
-    // containerd passes plain FIFO paths for ctr and CRI; log URIs (binary://, file://) are
-    // for another milestone.
-    if path.contains("://") {
-        return Err(ShimError::InvalidArgument(format!(
-            "stdio {path}: only FIFO paths are supported"
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Ok(Some(Target::Fifo(uri.to_string())));
+    };
+    let bad = |why: &str| ShimError::InvalidArgument(format!("stdio URI {uri}: {why}"));
+    if !matches!(scheme, "fifo" | "file" | "binary") {
+        return Err(bad(&format!(
+            "scheme {scheme}:// is not supported (fifo, file and binary are)"
         )));
     }
-    Ok(Some(path))
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = percent_decode(path).map_err(|()| bad("bad %-escape"))?;
+    if !path.starts_with('/') {
+        return Err(bad("the path must be absolute (scheme:///path)"));
+    }
+    match scheme {
+        "fifo" => Ok(Some(Target::Fifo(path))),
+        "file" => Ok(Some(Target::File(path.into()))),
+        // "binary", the one left after the check above.
+        _ => {
+            let mut args = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                args.push(percent_decode(key).map_err(|()| bad("bad %-escape"))?);
+                if !value.is_empty() {
+                    args.push(percent_decode(value).map_err(|()| bad("bad %-escape"))?);
+                }
+            }
+            Ok(Some(Target::Binary {
+                program: path.into(),
+                args,
+            }))
+        }
+    }
+}
+
+/// A plain FIFO path, the only kind stdin can be.
+fn fifo_path(path: &str) -> Result<Option<String>, ShimError> {
+    match target(path)? {
+        None => Ok(None),
+        Some(Target::Fifo(path)) => Ok(Some(path)),
+        Some(_) => Err(ShimError::InvalidArgument(format!(
+            "stdin {path}: only a FIFO can be stdin"
+        ))),
+    }
 }
 
 fn open_error(path: &str) -> impl FnOnce(std::io::Error) -> ShimError + '_ {
@@ -76,42 +165,160 @@ fn open_error(path: &str) -> impl FnOnce(std::io::Error) -> ShimError + '_ {
     }
 }
 
-/// Starts copying the process's output to the stdout (and, without a terminal, stderr)
-/// FIFOs. Each FIFO is closed when its stream ends, which is containerd's end of output.
+/// Starts copying the process's output to stdout and (without a terminal) stderr. Each
+/// FIFO is closed when its stream ends, which is containerd's end of output; a log file is
+/// appended to; a logging program is started for the process and gets both streams.
 pub fn attach_outputs(
     agent: &AgentClient,
     container_id: &str,
     exec_id: &str,
+    namespace: &str,
     paths: &StdioPaths,
 ) -> Result<Outputs, ShimError> {
-    let mut handles = Vec::new();
-    let streams = [
-        (false, paths.stdout.as_str()),
-        (true, paths.stderr.as_str()),
-    ];
-    for (stderr, path) in streams {
-        if stderr && paths.terminal {
-            continue;
-        }
-        let Some(path) = fifo_path(path)? else {
+    let stdout = target(&paths.stdout)?;
+    let stderr = if paths.terminal {
+        None
+    } else {
+        target(&paths.stderr)?
+    };
+    let mut outputs = Outputs {
+        handles: Vec::new(),
+        logger: None,
+    };
+    let mut logger_pipes: Option<[Option<pipe::Sender>; 2]> = None;
+    for (is_stderr, target) in [(false, stdout), (true, stderr)] {
+        let Some(target) = target else {
             continue;
         };
-        // Read-write: opening never fails for want of a reader, and the write end is ours
-        // alone, so the reader sees the end when the copy drops it.
-        let fifo = pipe::OpenOptions::new()
-            .read_write(true)
-            .open_sender(path)
-            .map_err(open_error(path))?;
-        let agent = agent.clone();
-        let id = container_id.to_string();
-        let exec_id = exec_id.to_string();
-        handles.push(tokio::spawn(async move {
-            if let Err(e) = copy_output(agent, id.clone(), exec_id.clone(), stderr, fifo).await {
-                tracing::debug!(container = %id, exec = %exec_id, stderr, error = %e, "output copy ended");
+        let copy = |writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>| {
+            let agent = agent.clone();
+            let id = container_id.to_string();
+            let exec_id = exec_id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    copy_output(agent, id.clone(), exec_id.clone(), is_stderr, writer).await
+                {
+                    tracing::debug!(container = %id, exec = %exec_id, stderr = is_stderr, error = %e, "output copy ended");
+                }
+            })
+        };
+        let writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match target {
+            Target::Fifo(path) => {
+                // Read-write: opening never fails for want of a reader, and the write end
+                // is ours alone, so the reader sees the end when the copy drops it.
+                Box::new(
+                    pipe::OpenOptions::new()
+                        .read_write(true)
+                        .open_sender(&path)
+                        .map_err(open_error(&path))?,
+                )
             }
-        }));
+            Target::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        ShimError::InvalidArgument(format!("open log file {}: {e}", path.display()))
+                    })?;
+                Box::new(tokio::fs::File::from_std(file))
+            }
+            Target::Binary { program, args } => {
+                if logger_pipes.is_none() {
+                    let (child, pipes) = start_logger(&program, &args, container_id, namespace)?;
+                    outputs.logger = Some(child);
+                    logger_pipes = Some(pipes.map(Some));
+                }
+                let slot = logger_pipes
+                    .as_mut()
+                    .and_then(|p| p[usize::from(is_stderr)].take())
+                    .ok_or_else(|| {
+                        ShimError::InvalidArgument(
+                            "stdout and stderr name different logging programs".into(),
+                        )
+                    })?;
+                Box::new(slot)
+            }
+        };
+        outputs.handles.push(copy(writer));
     }
-    Ok(Outputs { handles })
+    Ok(outputs)
+}
+
+/// Starts a `binary://` logging program the way containerd's shims do: the process's
+/// stdout on fd 3, stderr on fd 4, and fd 5 to close (or write to) once it is ready;
+/// `CONTAINER_ID` and `CONTAINER_NAMESPACE` in its environment. Returns it with the write
+/// ends of its stdout and stderr pipes (a stderr end nobody takes, with a terminal, is
+/// dropped and the program sees its end at once).
+fn start_logger(
+    program: &std::path::Path,
+    args: &[String],
+    container_id: &str,
+    namespace: &str,
+) -> Result<(tokio::process::Child, [pipe::Sender; 2]), ShimError> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        ShimError::InvalidArgument(format!(
+            "logging program {}: {what}: {e}",
+            program.display()
+        ))
+    };
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+    let (out_r, out_w) = pipe().map_err(|e| fail("pipe", &e))?;
+    let (err_r, err_w) = pipe().map_err(|e| fail("pipe", &e))?;
+    let (ready_r, ready_w) = pipe().map_err(|e| fail("pipe", &e))?;
+    // Copies above 5 so that moving them to 3, 4 and 5 never overwrites one still to move.
+    let high = |fd: &OwnedFd| -> Result<OwnedFd, ShimError> {
+        let raw = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+            .map_err(|e| fail("dup", &e))?;
+        // SAFETY: fcntl just created this descriptor and nothing else owns it.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+    };
+    let sources = [high(&out_r)?, high(&err_r)?, high(&ready_w)?];
+    let raw: [i32; 3] = [
+        sources[0].as_raw_fd(),
+        sources[1].as_raw_fd(),
+        sources[2].as_raw_fd(),
+    ];
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("CONTAINER_ID", container_id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: the closure only calls dup2, which is async-signal-safe, on descriptors that
+    // are open in the child (inherited copies of `sources`).
+    unsafe {
+        cmd.pre_exec(move || {
+            for (target, source) in (3..).zip(raw) {
+                if libc::dup2(source, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| fail("start", &e))?;
+    drop(sources);
+    drop((out_r, err_r, ready_w));
+    // Ready when it closes fd 5 (or writes to it), as containerd's shims wait.
+    let ready = std::fs::File::from(ready_r);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        let _ = tx.send((&ready).read(&mut byte).map(|_| ()));
+    });
+    match rx.recv_timeout(LOGGER_TIMEOUT) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(fail("wait until ready", &e)),
+        Err(_) => return Err(fail("wait until ready", &"no sign within 10 s")),
+    }
+    let out = pipe::Sender::from_owned_fd(out_w).map_err(|e| fail("stdout pipe", &e))?;
+    let err = pipe::Sender::from_owned_fd(err_w).map_err(|e| fail("stderr pipe", &e))?;
+    Ok((child, [out, err]))
 }
 
 /// The stdin copy of a task: runs until CloseIO, then passes on what is still in the FIFO
@@ -188,8 +395,8 @@ pub fn attach_input(
     };
     let fifo = pipe::OpenOptions::new()
         .read_write(true)
-        .open_receiver(path)
-        .map_err(open_error(path))?;
+        .open_receiver(&path)
+        .map_err(open_error(&path))?;
     let (close_tx, close_rx) = oneshot::channel();
     let reader = ClosableFifo {
         fifo,
@@ -215,9 +422,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uris_are_refused_and_empty_is_none() {
+    fn stdio_targets_are_parsed() {
+        assert_eq!(target("").unwrap(), None);
+        assert_eq!(
+            target("/run/x/stdout").unwrap(),
+            Some(Target::Fifo("/run/x/stdout".into()))
+        );
+        assert_eq!(
+            target("fifo:///run/x/out").unwrap(),
+            Some(Target::Fifo("/run/x/out".into()))
+        );
+        assert_eq!(
+            target("file:///var/log/a%20b.log").unwrap(),
+            Some(Target::File("/var/log/a b.log".into()))
+        );
+        assert_eq!(
+            target("binary:///usr/bin/logger?dir=/tmp/x&verbose").unwrap(),
+            Some(Target::Binary {
+                program: "/usr/bin/logger".into(),
+                args: vec!["dir".into(), "/tmp/x".into(), "verbose".into()],
+            })
+        );
+        let err = target("http://example/x").unwrap_err();
+        assert!(err.to_string().contains("scheme http://"), "{err}");
+        assert!(target("file://relative").is_err());
+        // Stdin is a FIFO or nothing.
         assert!(fifo_path("").unwrap().is_none());
-        assert_eq!(fifo_path("/run/x/stdout").unwrap(), Some("/run/x/stdout"));
         assert!(matches!(
             fifo_path("binary:///usr/bin/logger"),
             Err(ShimError::InvalidArgument(_))

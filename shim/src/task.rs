@@ -279,7 +279,7 @@ impl TaskService {
         sandbox.create_container(id, rootfs, oci).await?;
         let agent = sandbox.agent()?.clone();
         // Output readers are in place before the process starts.
-        match io::attach_outputs(&agent, id, "", stdio) {
+        match io::attach_outputs(&agent, id, "", self.inner.events.namespace(), stdio) {
             Ok(outputs) => Ok(outputs),
             Err(e) => {
                 if let Err(e) = sandbox.remove_container(id).await {
@@ -370,7 +370,13 @@ impl TaskService {
             .await
             .map_err(agent_error)?;
         process.status = Status::Running;
-        let outputs = io::attach_outputs(&agent, &req.id, &req.exec_id, &process.stdio);
+        let outputs = io::attach_outputs(
+            &agent,
+            &req.id,
+            &req.exec_id,
+            self.inner.events.namespace(),
+            &process.stdio,
+        );
         let input = io::attach_input(&agent, &req.id, &req.exec_id, &process.stdio);
         let (outputs, input) = match (outputs, input) {
             (Ok(outputs), Ok(input)) => (outputs, input),

@@ -469,3 +469,110 @@ fn ctr_run_with_a_terminal() {
     assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{text:?}");
     assert!(lines.contains(&"27 91"), "the caller's size: {text:?}");
 }
+
+#[test]
+fn log_uris_file_and_binary() {
+    let Some(containerd) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = "echo to-stdout; echo to-stderr >&2";
+
+    // file://: both streams appended to one file.
+    let id = unique_name("shim-logfile");
+    let log = dir.path().join("task.log");
+    let uri = format!("file://{}", log.display());
+    let out = with_leak_check(&id, || {
+        containerd.ctr(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--log-uri",
+                &uri,
+                IMAGE,
+                &id,
+                "sh",
+                "-c",
+                script,
+            ],
+            LIMIT,
+        )
+    });
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["to-stderr", "to-stdout"], "{text:?}");
+
+    // binary://: a logging program gets stdout on fd 3, stderr on fd 4, closes fd 5 when
+    // ready, and learns the task from its environment.
+    let logger = dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n\
+         out=\"$2\"\n\
+         echo \"$CONTAINER_NAMESPACE $CONTAINER_ID\" > \"$out.env\"\n\
+         exec 5>&-\n\
+         cat <&3 > \"$out.stdout\" &\n\
+         cat <&4 > \"$out.stderr\"\n\
+         wait\n",
+    )
+    .expect("write the logger");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the logger");
+    let id = unique_name("shim-logbin");
+    let base = dir.path().join("bin");
+    let uri = format!("binary://{}?out={}", logger.display(), base.display());
+    let out = with_leak_check(&id, || {
+        containerd.ctr(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--log-uri",
+                &uri,
+                IMAGE,
+                &id,
+                "sh",
+                "-c",
+                script,
+            ],
+            LIMIT,
+        )
+    });
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    let read = |suffix: &str| {
+        std::fs::read_to_string(format!("{}.{suffix}", base.display())).unwrap_or_default()
+    };
+    assert_eq!(read("stdout"), "to-stdout\n");
+    assert_eq!(read("stderr"), "to-stderr\n");
+    assert_eq!(read("env"), format!("default {id}\n"));
+    assert!(
+        processes_mentioning(&logger.display().to_string()).is_empty(),
+        "the logging program is left"
+    );
+
+    // An unknown scheme is refused at create, naming it.
+    let id = unique_name("shim-logbad");
+    let out = with_leak_check(&id, || {
+        containerd.ctr(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--log-uri",
+                "syslog:///x",
+                IMAGE,
+                &id,
+                "true",
+            ],
+            LIMIT,
+        )
+    });
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("syslog"), "{}", stderr(&out));
+}
