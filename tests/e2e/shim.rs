@@ -330,6 +330,27 @@ fn exec_ps_metrics_pause_and_oom_of_a_running_task() {
         let status = sleeper.wait().expect("wait for exec");
         assert_eq!(status.code(), Some(137));
 
+        // SIGTERM, `ctr task kill`'s default, reaches a process that handles it.
+        let mut term = Command::new("ctr");
+        term.arg("--address")
+            .arg(containerd.socket())
+            .args(["task", "exec", "--exec-id", "e-term", &id, "sh", "-c"])
+            .arg("trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut term = term.spawn().expect("ctr task exec");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(term.stdout.take().expect("exec stdout")),
+            &mut line,
+        )
+        .expect("read the exec's output");
+        assert_eq!(line, "ready\n", "the exec did not start");
+        let out = ctr(&["task", "kill", "--exec-id", "e-term", &id]);
+        assert!(out.status.success(), "kill TERM: {}", stderr(&out));
+        assert_eq!(term.wait().expect("wait for exec").code(), Some(42));
+
         // Metrics from the guest's cgroup.
         let out = ctr(&["task", "metrics", &id]);
         assert!(out.status.success(), "metrics: {}", stderr(&out));
