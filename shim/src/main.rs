@@ -6,6 +6,7 @@ mod container;
 mod errors;
 mod events;
 mod io;
+mod logging;
 mod metrics;
 mod shim;
 mod sizing;

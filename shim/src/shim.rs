@@ -209,8 +209,7 @@ fn kill_if_named(pid: u32, name: &str) {
 /// Serves the Task service on `flags.socket` until the last container is gone and
 /// containerd asks for shutdown.
 pub async fn serve(flags: &Flags) -> Result<(), ProtocolError> {
-    if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
-    {
+    if let Err(e) = crate::logging::init(flags.debug, &flags.namespace, &flags.id) {
         eprintln!("{RUNTIME_ID}: logger: {e}");
     }
     let ttrpc_address =

@@ -51,6 +51,13 @@ fn ctr_run_in_a_runv_vm() {
         .into_owned();
     assert_eq!(guest, built_kernel_release());
     assert_ne!(guest, host, "the container must not run on the host kernel");
+    // The shim's log reaches containerd's, each line naming the pod.
+    let log = containerd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("pod VM started") && l.contains(&format!("sandbox=\"{id}\""))),
+        "no shim line naming the sandbox in containerd's log:\n{log}"
+    );
     assert!(
         processes_mentioning(&id).is_empty(),
         "a shim of {id} is left"
