@@ -604,3 +604,77 @@ fn log_uris_file_and_binary() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("syslog"), "{}", stderr(&out));
 }
+
+#[test]
+fn pod_annotations_size_the_vm_where_the_config_allows() {
+    assert!(
+        Path::new(SHIM).exists(),
+        "{SHIM} does not exist: run `make install`"
+    );
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: containerd needs root");
+        return;
+    }
+    let containerd = Containerd::start_with_runv_config(
+        "[hypervisor]\nvcpus = 1\nmemory_mib = 256\n\
+         [runtime]\nallowed_annotations = [\"io.runv.vcpus\", \"io.runv.memory_mib\"]\n",
+    );
+    containerd.import_busybox();
+    let id = unique_name("shim-size");
+    let out = with_leak_check(&id, || {
+        containerd.ctr(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--annotation",
+                "io.runv.vcpus=2",
+                "--annotation",
+                "io.runv.memory_mib=384",
+                IMAGE,
+                &id,
+                "sh",
+                "-c",
+                "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo",
+            ],
+            LIMIT,
+        )
+    });
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("2"), "vCPUs: {text}");
+    let mem_kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("MemTotal: {text}"));
+    // The kernel keeps some of the 384 MiB for itself; more than the 256 MiB default is
+    // what counts.
+    assert!(
+        mem_kib > 300 * 1024 && mem_kib <= 384 * 1024,
+        "MemTotal {mem_kib} kB for 384 MiB"
+    );
+
+    // An annotation the config does not allow fails the create, naming it.
+    let id = unique_name("shim-size-bad");
+    let out = with_leak_check(&id, || {
+        containerd.ctr(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--annotation",
+                "io.runv.disk=1",
+                IMAGE,
+                &id,
+                "true",
+            ],
+            LIMIT,
+        )
+    });
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("io.runv.disk"), "{}", stderr(&out));
+}

@@ -54,6 +54,18 @@ impl Containerd {
         Self::start_with_config(
             "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
             false,
+            None,
+        )
+    }
+
+    /// Like [`Self::start`], with `runv_toml` as the runv configuration of its shims
+    /// (`RUNV_CONFIG` in containerd's environment, which its shims inherit). The
+    /// `[guest]` and `[binaries]` defaults stay those of the installed runv.
+    pub fn start_with_runv_config(runv_toml: &str) -> Self {
+        Self::start_with_config(
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            false,
+            Some(runv_toml),
         )
     }
 
@@ -86,7 +98,7 @@ impl Containerd {
              \x20     runtime_type = \"RUNV\"\n"
             .replace("PAUSE", PAUSE_IMAGE)
             .replace("RUNV", RUNV_RUNTIME);
-        let containerd = Self::start_with_config(&cri, true);
+        let containerd = Self::start_with_config(&cri, true, None);
         containerd.import_images(CRI_NAMESPACE);
         // The CRI plugin learns of imported images from containerd's events.
         let mut client = containerd.cri();
@@ -113,7 +125,7 @@ impl Containerd {
 
     /// Starts a containerd whose config is the common part (root, state, sockets) followed
     /// by `extra` (TOML of config version 2, which may refer to the directory as `{dir}`).
-    fn start_with_config(extra: &str, cri: bool) -> Self {
+    fn start_with_config(extra: &str, cri: bool, runv_toml: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("runv-ctd")
             .tempdir()
@@ -133,7 +145,13 @@ impl Containerd {
         );
         let config_path = config_file(root, &config);
         let log = std::fs::File::create(root.join("containerd.log")).expect("log file");
-        let child = Command::new("containerd")
+        let mut command = Command::new("containerd");
+        if let Some(runv_toml) = runv_toml {
+            let path = root.join("runv-config.toml");
+            std::fs::write(&path, runv_toml).expect("write the runv config");
+            command.env("RUNV_CONFIG", path);
+        }
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
