@@ -92,20 +92,12 @@ async fn create_in_cgroup(
             })?;
     }
 
-    let terminal = spec::terminal(&req.spec);
-    let (child_stdio, pipe_ends) = if terminal {
-        (null_stdio().map_err(os("open /dev/null"))?, None)
-    } else {
-        let (child, ends) = stdio::pipes().map_err(os("stdio pipes"))?;
-        (child, Some(ends))
-    };
-    let (agent_sock, init_sock) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(os("sync socket"))?;
+    let ChildIo {
+        child_stdio,
+        pipe_ends,
+        agent_sock,
+        child_sock: init_sock,
+    } = ChildIo::new(spec::terminal(&req.spec)).map_err(|(what, e)| os(what)(e))?;
 
     let pid_ns = match &plan.join_pid {
         Some(path) => Some(std::fs::File::open(path).map_err(|e| {
@@ -189,21 +181,7 @@ async fn create_in_cgroup(
                 }
             }
         }
-        let stdio = match (pipe_ends, master) {
-            (Some(ends), _) => Stdio::from_pipes(ends),
-            (None, Some(master)) => Stdio::from_pty(master),
-            (None, None) => {
-                let failure = InitFailure::internal("no terminal from the init process");
-                return Err(AgentError::Init {
-                    id: id.clone(),
-                    failure,
-                });
-            }
-        }
-        .map_err(|e| AgentError::Stdio {
-            id: id.clone(),
-            source: e.into(),
-        })?;
+        let stdio = agent_stdio(&id, "init process", pipe_ends, master)?;
         Ok((channel, stdio))
     }
     .await;
@@ -223,7 +201,65 @@ async fn create_in_cgroup(
     }
 }
 
-pub(super) fn null_stdio() -> Result<[OwnedFd; 3], nix::errno::Errno> {
+/// What a cloned init or exec process is wired to: its stdio (the child ends of pipes, or
+/// /dev/null when it makes its own terminal), the agent's pipe ends, and the sync socket.
+pub(super) struct ChildIo {
+    pub child_stdio: [OwnedFd; 3],
+    pub pipe_ends: Option<stdio::PipeEnds>,
+    pub agent_sock: OwnedFd,
+    pub child_sock: OwnedFd,
+}
+
+impl ChildIo {
+    /// Pipes, or /dev/null for a process with a terminal, and the sync socket pair; on
+    /// failure, what could not be made.
+    pub fn new(terminal: bool) -> Result<Self, (&'static str, nix::errno::Errno)> {
+        let (child_stdio, pipe_ends) = if terminal {
+            (null_stdio().map_err(|e| ("open /dev/null", e))?, None)
+        } else {
+            let (child, ends) = stdio::pipes().map_err(|e| ("stdio pipes", e))?;
+            (child, Some(ends))
+        };
+        let (agent_sock, child_sock) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| ("sync socket", e))?;
+        Ok(Self {
+            child_stdio,
+            pipe_ends,
+            agent_sock,
+            child_sock,
+        })
+    }
+}
+
+/// The agent's side of a process's stdio: its pipes, or the pty master it sent.
+pub(super) fn agent_stdio(
+    id: &str,
+    what: &str,
+    pipe_ends: Option<stdio::PipeEnds>,
+    master: Option<OwnedFd>,
+) -> Result<Stdio, AgentError> {
+    match (pipe_ends, master) {
+        (Some(ends), _) => Stdio::from_pipes(ends),
+        (None, Some(master)) => Stdio::from_pty(master),
+        (None, None) => {
+            return Err(AgentError::Init {
+                id: id.to_string(),
+                failure: InitFailure::internal(format!("no terminal from the {what}")),
+            })
+        }
+    }
+    .map_err(|e| AgentError::Stdio {
+        id: id.to_string(),
+        source: e.into(),
+    })
+}
+
+fn null_stdio() -> Result<[OwnedFd; 3], nix::errno::Errno> {
     let open = || -> Result<OwnedFd, nix::errno::Errno> {
         std::fs::OpenOptions::new()
             .read(true)

@@ -10,15 +10,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use oci_spec::runtime::Process;
 
 use super::channel::InitChannel;
 use super::clone::{clone_child, CloneSpec, InitFds};
-use super::create::null_stdio;
+use super::create::{agent_stdio, ChildIo};
 use super::namespaces::Join;
-use super::stdio::{self, Stdio};
+use super::stdio::Stdio;
 use super::sync::{ExecConfig, FromInit, InitFailure, ToInit};
 use super::{Container, Lifecycle};
 use crate::cli::CONTAINER_EXEC_ARG;
@@ -170,20 +169,12 @@ impl Container {
             let id = id.clone();
             move |e| AgentError::os(format!("container {id:?}: exec: {what}"), e)
         };
-        let terminal = process.terminal().unwrap_or(false);
-        let (child_stdio, pipe_ends) = if terminal {
-            (null_stdio().map_err(os("open /dev/null"))?, None)
-        } else {
-            let (child, ends) = stdio::pipes().map_err(os("stdio pipes"))?;
-            (child, Some(ends))
-        };
-        let (agent_sock, exec_sock) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(os("sync socket"))?;
+        let ChildIo {
+            child_stdio,
+            pipe_ends,
+            agent_sock,
+            child_sock: exec_sock,
+        } = ChildIo::new(process.terminal().unwrap_or(false)).map_err(|(what, e)| os(what)(e))?;
         let pid_ns =
             std::fs::File::open(format!("/proc/{}/ns/pid", self.pid.as_raw())).map_err(|e| {
                 os("open the pid namespace")(nix::errno::Errno::from_raw(
@@ -251,20 +242,7 @@ impl Container {
                     }
                 }
             }
-            match (pipe_ends, master) {
-                (Some(ends), _) => Stdio::from_pipes(ends),
-                (None, Some(master)) => Stdio::from_pty(master),
-                (None, None) => {
-                    return Err(AgentError::Init {
-                        id: id.clone(),
-                        failure: InitFailure::internal("no terminal from the exec process"),
-                    })
-                }
-            }
-            .map_err(|e| AgentError::Stdio {
-                id: id.clone(),
-                source: e.into(),
-            })
+            agent_stdio(&id, "exec process", pipe_ends, master)
         }
         .await;
         match prepared {
