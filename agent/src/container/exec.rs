@@ -106,22 +106,7 @@ pub fn parse_process(json: &str) -> Result<Process, AgentError> {
         field: "process_json",
         reason: e.to_string(),
     })?;
-    let invalid = |field, reason: String| AgentError::InvalidArgument { field, reason };
-    match process.args().as_deref() {
-        Some([first, ..]) if !first.is_empty() => {}
-        _ => return Err(invalid("process.args", "no command given".into())),
-    }
-    if !process.cwd().is_absolute() {
-        return Err(invalid(
-            "process.cwd",
-            format!("{:?} is not absolute", process.cwd()),
-        ));
-    }
-    for var in process.env().iter().flatten() {
-        if !var.contains('=') {
-            return Err(invalid("process.env", format!("{var:?} is not NAME=value")));
-        }
-    }
+    super::spec::validate_process(&process)?;
     Ok(process)
 }
 

@@ -28,6 +28,21 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
         .process()
         .as_ref()
         .ok_or(SpecError::Missing("process"))?;
+    validate_process(process)?;
+    for m in spec.mounts().iter().flatten() {
+        if !m.destination().is_absolute() {
+            return Err(invalid(
+                "mounts.destination",
+                format!("{:?} is not absolute", m.destination()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a process (the container's, or an exec process): a command, an absolute cwd,
+/// NAME=value environment entries.
+pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
     let args = process
         .args()
         .as_ref()
@@ -45,14 +60,6 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     for var in process.env().iter().flatten() {
         if !var.contains('=') {
             return Err(invalid("process.env", format!("{var:?} is not NAME=value")));
-        }
-    }
-    for m in spec.mounts().iter().flatten() {
-        if !m.destination().is_absolute() {
-            return Err(invalid(
-                "mounts.destination",
-                format!("{:?} is not absolute", m.destination()),
-            ));
         }
     }
     Ok(())
