@@ -74,6 +74,7 @@ fn run_exec() -> Result<Infallible, InitFailure> {
         Err(err) => return Err(InitFailure::internal(err.to_string())),
     };
     namespaces::join_all(&config.join)?;
+    initial_cpu_affinity(&config.process)?;
     nix::unistd::setsid().map_err(|e| InitFailure::os("setsid", e))?;
     if config.process.terminal().unwrap_or(false) {
         let size = config.process.console_size().as_ref().map(|s| {
@@ -132,6 +133,7 @@ fn prepare(
         .ok_or_else(|| InitFailure::new(FailureKind::InvalidArgument, "process is missing"))?;
 
     namespaces::join_all(&config.join)?;
+    initial_cpu_affinity(process)?;
     if config.new_cgroup {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| InitFailure::os("cgroup namespace", e))?;
     }
@@ -146,6 +148,13 @@ fn prepare(
     devices::populate(rootfs)?;
     if !mounts::pivot_root(rootfs)? {
         warnings.push("pivot_root refused; the root was moved and chrooted into".into());
+    }
+    if let Some(propagation) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    {
+        mounts::set_root_propagation(propagation)?;
     }
 
     if spec::terminal(spec) {
@@ -165,7 +174,46 @@ fn prepare(
         nix::unistd::sethostname(hostname)
             .map_err(|e| InitFailure::os(format!("sethostname {hostname:?}"), e))?;
     }
+    if let Some(domainname) = spec.domainname() {
+        set_domainname(domainname)?;
+    }
+    if let Some(linux) = spec.linux() {
+        if let Some(personality) = linux.personality() {
+            process_attrs::set_personality(personality)?;
+        }
+        for (field, value) in [
+            ("process.apparmorProfile", process.apparmor_profile()),
+            ("process.selinuxLabel", process.selinux_label()),
+            ("linux.mountLabel", linux.mount_label()),
+        ] {
+            if value.as_deref().is_some_and(|v| !v.is_empty()) {
+                warnings.push(format!(
+                    "{field} ignored: the guest kernel has no AppArmor or SELinux"
+                ));
+            }
+        }
+    }
     prepare_process(process)
+}
+
+/// Pins the process to `process.execCPUAffinity.initial` for its setup.
+fn initial_cpu_affinity(process: &oci_spec::runtime::Process) -> Result<(), InitFailure> {
+    match process
+        .exec_cpu_affinity()
+        .as_ref()
+        .and_then(|a| a.initial().as_deref())
+    {
+        Some(list) => process_attrs::set_cpu_affinity(list, "process.execCPUAffinity.initial"),
+        None => Ok(()),
+    }
+}
+
+fn set_domainname(name: &str) -> Result<(), InitFailure> {
+    // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call.
+    let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    Errno::result(ret)
+        .map(drop)
+        .map_err(|e| InitFailure::os(format!("setdomainname {name:?}"), e))
 }
 
 /// The process part, shared by the init and exec processes: limits, privileges, user,
@@ -176,6 +224,20 @@ fn prepare_process(
     process_attrs::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     if let Some(score) = process.oom_score_adj() {
         process_attrs::set_oom_score_adj(score)?;
+    }
+    // Real-time classes need privileges the process may be about to drop.
+    if let Some(sched) = process.scheduler() {
+        process_attrs::set_scheduler(sched)?;
+    }
+    if let Some(prio) = process.io_priority() {
+        process_attrs::set_io_priority(prio)?;
+    }
+    if let Some(list) = process
+        .exec_cpu_affinity()
+        .as_ref()
+        .and_then(|a| a.cpu_affinity_final().as_deref())
+    {
+        process_attrs::set_cpu_affinity(list, "process.execCPUAffinity.final")?;
     }
     if process.no_new_privileges().unwrap_or(false) {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integers only.

@@ -227,16 +227,33 @@ fn io_failure(what: impl std::fmt::Display, err: std::io::Error) -> InitFailure 
     )
 }
 
-/// Makes every mount private and bind-mounts the rootfs onto itself, so it can be pivoted.
+/// The propagation flags of `linux.rootfsPropagation`.
+pub fn root_propagation(value: &str) -> Option<MsFlags> {
+    let flags = match value {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    };
+    Some(flags)
+}
+
+/// Makes every mount a slave of the agent's (events flow into the container, never out)
+/// and bind-mounts the rootfs onto itself, so it can be pivoted.
 pub fn prepare_root(rootfs: &Path) -> Result<(), InitFailure> {
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
-    .map_err(|e| failure("make / private", e))?;
+    .map_err(|e| failure("make / a slave mount", e))?;
     mount(
         Some(rootfs),
         rootfs,
@@ -389,6 +406,19 @@ fn unescape_mountinfo(field: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Gives the container's root the propagation of `linux.rootfsPropagation` (after the
+/// pivot, so it applies to the new root and never to the agent's mounts).
+pub fn set_root_propagation(value: &str) -> Result<(), InitFailure> {
+    let flags = root_propagation(value).ok_or_else(|| {
+        InitFailure::new(
+            super::sync::FailureKind::InvalidArgument,
+            format!("linux.rootfsPropagation: {value:?} is not a propagation type"),
+        )
+    })?;
+    mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+        .map_err(|e| failure(format!("linux.rootfsPropagation {value}"), e))
 }
 
 /// Hides `linux.maskedPaths`: /dev/null over files, an empty read-only tmpfs over dirs.

@@ -98,11 +98,16 @@ pub fn plan(spec: &Spec) -> Result<Plan, SpecError> {
         }
     }
     let has_uts = seen.contains(&LinuxNamespaceType::Uts);
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_uts {
-        return Err(SpecError::Invalid {
-            field: "hostname",
-            reason: "setting a hostname needs a uts namespace in linux.namespaces".into(),
-        });
+    for (field, value) in [
+        ("hostname", spec.hostname()),
+        ("domainname", spec.domainname()),
+    ] {
+        if value.as_deref().is_some_and(|h| !h.is_empty()) && !has_uts {
+            return Err(SpecError::Invalid {
+                field,
+                reason: format!("setting the {field} needs a uts namespace in linux.namespaces"),
+            });
+        }
     }
     Ok(plan)
 }

@@ -37,6 +37,50 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
             ));
         }
     }
+    if let Some(linux) = spec.linux() {
+        validate_linux(linux)?;
+    }
+    Ok(())
+}
+
+/// Checks the `linux` fields the agent applies itself and refuses those it cannot honour
+/// inside the VM.
+fn validate_linux(linux: &oci_spec::runtime::Linux) -> Result<(), SpecError> {
+    if linux.intel_rdt().is_some() {
+        return Err(invalid(
+            "linux.intelRdt",
+            "Intel RDT (resctrl) is not available inside the sandbox VM",
+        ));
+    }
+    if linux.memory_policy().is_some() {
+        return Err(invalid(
+            "linux.memoryPolicy",
+            "NUMA memory policies are not supported: the sandbox VM has a single memory node",
+        ));
+    }
+    if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(invalid(
+            "linux.netDevices",
+            "moving network devices into a container is not supported: the pod's network is the VM's",
+        ));
+    }
+    if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(invalid(
+            "linux.timeOffsets",
+            "time namespaces are not supported",
+        ));
+    }
+    if let Some(personality) = linux.personality() {
+        super::process_attrs::validate_personality(personality)?;
+    }
+    if let Some(value) = linux.rootfs_propagation() {
+        if super::mounts::root_propagation(value).is_none() {
+            return Err(invalid(
+                "linux.rootfsPropagation",
+                format!("{value:?} is not one of [r]private, [r]slave, [r]shared, [r]unbindable"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -61,6 +105,15 @@ pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<(), Spec
         if !var.contains('=') {
             return Err(invalid("process.env", format!("{var:?} is not NAME=value")));
         }
+    }
+    if let Some(sched) = process.scheduler() {
+        super::process_attrs::sched_attr(sched)?;
+    }
+    if let Some(prio) = process.io_priority() {
+        super::process_attrs::io_priority_value(prio)?;
+    }
+    if let Some(affinity) = process.exec_cpu_affinity() {
+        super::process_attrs::validate_cpu_affinity(affinity)?;
     }
     Ok(())
 }
@@ -204,6 +257,64 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn field_of(json: &str) -> &'static str {
+        match parse(json) {
+            Err(SpecError::Invalid { field, .. }) => field,
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fields_the_vm_cannot_honour_are_named() {
+        let base = r#""process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#;
+        for (linux, field) in [
+            (r#"{"intelRdt": {"closID": "x"}}"#, "linux.intelRdt"),
+            (
+                r#"{"memoryPolicy": {"mode": "MPOL_BIND", "nodes": "0"}}"#,
+                "linux.memoryPolicy",
+            ),
+            (r#"{"netDevices": {"eth1": {}}}"#, "linux.netDevices"),
+            (
+                r#"{"rootfsPropagation": "sideways"}"#,
+                "linux.rootfsPropagation",
+            ),
+            (
+                r#"{"personality": {"domain": "LINUX", "flags": ["a"]}}"#,
+                "linux.personality.flags",
+            ),
+        ] {
+            let json = format!(r#"{{"ociVersion": "1.0.2", {base}, "linux": {linux}}}"#);
+            assert_eq!(field_of(&json), field, "{linux}");
+        }
+        let ok = format!(
+            r#"{{"ociVersion": "1.0.2", {base}, "linux": {{"rootfsPropagation": "rshared", "personality": {{"domain": "LINUX32"}}}}}}"#
+        );
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn process_scheduling_fields_are_checked() {
+        for (extra, field) in [
+            (
+                r#""scheduler": {"policy": "SCHED_RR"}"#,
+                "process.scheduler.priority",
+            ),
+            (
+                r#""ioPriority": {"class": "IOPRIO_CLASS_RT", "priority": 8}"#,
+                "process.ioPriority.priority",
+            ),
+            (
+                r#""execCPUAffinity": {"final": "3-1"}"#,
+                "process.execCPUAffinity.final",
+            ),
+        ] {
+            let json = format!(
+                r#"{{"ociVersion": "1.0.2", "process": {{"args": ["sh"], "cwd": "/", "user": {{"uid": 0, "gid": 0}}, {extra}}}}}"#
+            );
+            assert_eq!(field_of(&json), field, "{extra}");
+        }
     }
 
     #[test]
