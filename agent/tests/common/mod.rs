@@ -2,7 +2,7 @@
 //! busybox rootfs, and helpers for the ttrpc calls the tests make.
 
 // Each test file uses a different part of the harness.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub use std::path::{Path, PathBuf};
 pub use std::process::{Child, Command, Stdio};
