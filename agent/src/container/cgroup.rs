@@ -6,12 +6,18 @@
 
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
+
+use super::bpf::DeviceProgram;
+use super::device_rules::Policy;
+pub use super::resources::{limits, validate, FieldError, Limit};
 
 /// The default CFS period, in microseconds.
 const DEFAULT_CPU_PERIOD: u64 = 100_000;
@@ -24,10 +30,25 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cgroup {path}: controller for {file} is not available")]
-    MissingController { path: PathBuf, file: &'static str },
-    #[error("invalid resources: {0}")]
-    Invalid(String),
+    /// `detail` names the spec field and the file.
+    #[error("cgroup {path}: {detail} does not exist (controller not available?)")]
+    MissingController { path: PathBuf, detail: String },
+    /// `detail` names the spec field, the value and the file.
+    #[error("cgroup {path}: {detail}: {source}")]
+    Write {
+        path: PathBuf,
+        detail: String,
+        source: std::io::Error,
+    },
+    /// `detail` says what failed, with the verifier's log when it refused the program.
+    #[error("cgroup {path}: device program: {detail}: {source}")]
+    DeviceProgram {
+        path: PathBuf,
+        detail: String,
+        source: nix::errno::Errno,
+    },
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
 }
 
 /// Writes an existing cgroup file (never creates one: cgroupfs answers EACCES to that).
@@ -74,6 +95,7 @@ impl CgroupManager {
         Ok(Cgroup {
             path,
             strict: self.strict,
+            device_program: Mutex::new(None),
         })
     }
 }
@@ -97,6 +119,8 @@ pub fn default_root() -> PathBuf {
 pub struct Cgroup {
     path: PathBuf,
     strict: bool,
+    /// The device program attached to the cgroup, kept so an update can replace it.
+    device_program: Mutex<Option<DeviceProgram>>,
 }
 
 impl Cgroup {
@@ -105,30 +129,135 @@ impl Cgroup {
         &self.path
     }
 
-    /// Writes the limits of `resources`.
+    /// Sets up a new container's cgroup: the limits of `resources` and the device
+    /// program, which every container gets (the spec's rules, or none, followed by the
+    /// default devices), before its init process runs anything.
+    pub fn setup(&self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        match resources {
+            Some(resources) => {
+                self.apply(resources)?;
+                if resources.devices().is_none() {
+                    self.set_devices(&[])?;
+                }
+                Ok(())
+            }
+            None => self.set_devices(&[]),
+        }
+    }
+
+    /// Writes the limits of `resources` and, when it has device rules, replaces the
+    /// device program. Used at create and by UpdateContainer; everything is validated
+    /// before anything is written.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
-        for (file, value) in limits(resources)? {
-            self.write_limit(file, &value)?;
+        let limits = limits(resources)?;
+        let policy = resources
+            .devices()
+            .as_deref()
+            .map(Policy::from_spec)
+            .transpose()?;
+        for limit in &limits {
+            self.write_limit(limit)?;
+        }
+        if let Some(policy) = policy {
+            self.attach_devices(&policy)?;
         }
         Ok(())
     }
 
-    fn write_limit(&self, file: &'static str, value: &str) -> Result<(), CgroupError> {
+    /// Replaces the device program with one for `rules`.
+    pub fn set_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupError> {
+        self.attach_devices(&Policy::from_spec(rules)?)
+    }
+
+    /// Loads and attaches the program for `policy`, then detaches the one it replaces.
+    /// Both are attached with BPF_F_ALLOW_MULTI, and the kernel lets an access through
+    /// only when every program allows it, so the switch never allows more than either.
+    fn attach_devices(&self, policy: &Policy) -> Result<(), CgroupError> {
+        let mut slot = self
+            .device_program
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bpf_error = |what: &str, source, log: String| CgroupError::DeviceProgram {
+            path: self.path.clone(),
+            detail: if log.is_empty() {
+                what.to_string()
+            } else {
+                format!("{what} (verifier: {log})")
+            },
+            source,
+        };
+        let attached = DeviceProgram::load(&policy.program())
+            .map_err(|(errno, log)| bpf_error("load", errno, log))
+            .and_then(|program| {
+                let dir = fs::File::open(&self.path).map_err(io_error(&self.path))?;
+                program
+                    .attach(dir.as_fd())
+                    .map_err(|errno| bpf_error("attach", errno, String::new()))?;
+                Ok((program, dir))
+            });
+        let (program, dir) = match attached {
+            Ok(attached) => attached,
+            Err(err) if !self.strict => {
+                tracing::warn!(cgroup = %self.path.display(), %err, "device rules skipped");
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(old) = slot.take() {
+            if let Err(errno) = old.detach(dir.as_fd()) {
+                // Still attached, the old program only ever denies more.
+                tracing::warn!(cgroup = %self.path.display(), id = old.id(), %errno, "detach old device program");
+            }
+        }
+        tracing::debug!(cgroup = %self.path.display(), id = program.id(), "device program attached");
+        *slot = Some(program);
+        Ok(())
+    }
+
+    /// Detaches the device program (removing the cgroup would drop it too).
+    fn detach_devices(&self) {
+        let program = self
+            .device_program
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(program) = program {
+            let detached = fs::File::open(&self.path)
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+                .and_then(|dir| program.detach(dir.as_fd()));
+            if let Err(errno) = detached {
+                tracing::debug!(cgroup = %self.path.display(), %errno, "detach device program");
+            }
+        }
+    }
+
+    fn write_limit(&self, limit: &Limit) -> Result<(), CgroupError> {
+        let mut target = (&limit.file, &limit.value);
+        if let Some((file, value)) = &limit.alternative {
+            if !self.path.join(&limit.file).exists() {
+                target = (file, value);
+            }
+        }
+        let (file, value) = target;
         let path = self.path.join(file);
         match write_file(&path, value) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == ErrorKind::NotFound => {
-                if self.strict {
+                if self.strict || limit.required {
                     Err(CgroupError::MissingController {
                         path: self.path.clone(),
-                        file,
+                        detail: format!("{}: {file}", limit.field),
                     })
                 } else {
-                    tracing::warn!(cgroup = %self.path.display(), file, "controller missing, limit skipped");
+                    tracing::warn!(cgroup = %self.path.display(), file, field = limit.field, "controller missing, limit skipped");
                     Ok(())
                 }
             }
-            Err(source) => Err(CgroupError::Io { path, source }),
+            Err(source) => Err(CgroupError::Write {
+                path: self.path.clone(),
+                detail: format!("{}: write {value:?} to {file}", limit.field),
+                source,
+            }),
         }
     }
 
@@ -193,6 +322,7 @@ impl Cgroup {
 
     /// Removes the cgroup, retrying while the kernel still counts exiting processes.
     pub async fn remove(&self) -> Result<(), CgroupError> {
+        self.detach_devices();
         let mut attempts = 0;
         loop {
             match fs::remove_dir(&self.path) {
@@ -216,31 +346,6 @@ impl Cgroup {
     }
 }
 
-/// The files and values that implement `resources`.
-pub fn limits(resources: &LinuxResources) -> Result<Vec<(&'static str, String)>, CgroupError> {
-    let mut out = Vec::new();
-    if let Some(memory) = resources.memory() {
-        if let Some(max) = memory_max(memory.limit()) {
-            out.push(("memory.max", max));
-        }
-        if let Some(swap) = swap_max(memory.swap(), memory.limit())? {
-            out.push(("memory.swap.max", swap));
-        }
-    }
-    if let Some(pids) = resources.pids() {
-        out.push(("pids.max", pids_max(pids.limit())));
-    }
-    if let Some(cpu) = resources.cpu() {
-        if let Some(max) = cpu_max(cpu.quota(), cpu.period()) {
-            out.push(("cpu.max", max));
-        }
-        if let Some(weight) = cpu_weight(cpu.shares()) {
-            out.push(("cpu.weight", weight.to_string()));
-        }
-    }
-    Ok(out)
-}
-
 /// `memory.max` from the OCI memory limit: negative is unlimited, absent is unset.
 pub fn memory_max(limit: Option<i64>) -> Option<String> {
     limit.map(|l| if l < 0 { "max".into() } else { l.to_string() })
@@ -248,19 +353,21 @@ pub fn memory_max(limit: Option<i64>) -> Option<String> {
 
 /// `memory.swap.max` from the OCI swap value, which counts memory plus swap (the cgroup v1
 /// meaning), while cgroup v2 limits swap alone.
-pub fn swap_max(swap: Option<i64>, limit: Option<i64>) -> Result<Option<String>, CgroupError> {
+pub fn swap_max(swap: Option<i64>, limit: Option<i64>) -> Result<Option<String>, FieldError> {
     let limit = limit.unwrap_or(0);
     match swap {
         // Unlimited memory with swap not given: both unlimited.
         None | Some(0) if limit < 0 => Ok(Some("max".into())),
         None | Some(0) => Ok(None),
         Some(s) if s < 0 => Ok(Some("max".into())),
-        Some(_) if limit <= 0 => Err(CgroupError::Invalid(
-            "memory.swap needs memory.limit".into(),
+        Some(_) if limit <= 0 => Err(FieldError::new(
+            "linux.resources.memory.swap",
+            "needs linux.resources.memory.limit (swap counts memory plus swap)",
         )),
-        Some(s) if s < limit => Err(CgroupError::Invalid(format!(
-            "memory.swap {s} is below memory.limit {limit}"
-        ))),
+        Some(s) if s < limit => Err(FieldError::new(
+            "linux.resources.memory.swap",
+            format!("{s} is below memory.limit {limit} (swap counts memory plus swap)"),
+        )),
         Some(s) => Ok(Some((s - limit).to_string())),
     }
 }
@@ -354,22 +461,5 @@ mod tests {
         assert_eq!(cpu_weight(Some(1024)), Some(39));
         assert_eq!(cpu_weight(Some(262_144)), Some(10_000));
         assert_eq!(cpu_weight(Some(1 << 30)), Some(10_000));
-    }
-
-    #[test]
-    fn limits_from_resources() {
-        let resources: LinuxResources = serde_json::from_str(
-            r#"{"memory": {"limit": 1048576}, "pids": {"limit": 10}, "cpu": {"shares": 1024}}"#,
-        )
-        .unwrap();
-        let files: Vec<_> = limits(&resources).unwrap();
-        assert_eq!(
-            files,
-            vec![
-                ("memory.max", "1048576".to_string()),
-                ("pids.max", "10".to_string()),
-                ("cpu.weight", "39".to_string()),
-            ]
-        );
     }
 }

@@ -78,19 +78,18 @@ async fn create_in_cgroup(
         let id = id.clone();
         move |e| AgentError::os(format!("container {id:?}: {what}"), e)
     };
-    if let Some(resources) = req
+    // Limits and the device program are in place before the init process joins.
+    let resources = req
         .spec
         .linux()
         .as_ref()
-        .and_then(|l| l.resources().as_ref())
-    {
-        cgroup
-            .apply(resources)
-            .map_err(|source| AgentError::Cgroup {
-                id: id.clone(),
-                source,
-            })?;
-    }
+        .and_then(|l| l.resources().as_ref());
+    cgroup
+        .setup(resources)
+        .map_err(|source| AgentError::Cgroup {
+            id: id.clone(),
+            source,
+        })?;
 
     let ChildIo {
         child_stdio,

@@ -145,6 +145,9 @@ fn prepare(
     for m in mounts::mount_plan(&spec_mounts) {
         mounts::mount_entry(rootfs, &m)?;
     }
+    if let Some(devices) = spec.linux().as_ref().and_then(|l| l.devices().as_ref()) {
+        devices::create_spec_devices(rootfs, devices)?;
+    }
     devices::populate(rootfs)?;
     if !mounts::pivot_root(rootfs)? {
         warnings.push("pivot_root refused; the root was moved and chrooted into".into());

@@ -1,11 +1,13 @@
 //! Containers: creation, start, signals, stdio and removal, and the code that runs as a
 //! container's init process.
 
+mod bpf;
 mod capabilities;
 pub mod cgroup;
 mod channel;
 mod clone;
 pub mod create;
+mod device_rules;
 mod devices;
 pub mod exec;
 pub mod init_process;
@@ -14,6 +16,7 @@ mod lookup;
 mod mounts;
 pub mod namespaces;
 mod process_attrs;
+mod resources;
 pub mod spec;
 mod start;
 pub mod stats;

@@ -13,6 +13,9 @@ pub enum SpecError {
     Missing(&'static str),
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A field of a list entry or map key, named with its index (`linux.devices[2].path`).
+    #[error("{field}: {reason}")]
+    InvalidField { field: String, reason: String },
 }
 
 /// Parses and validates the spec JSON of a CreateContainer request.
@@ -39,6 +42,7 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     }
     if let Some(linux) = spec.linux() {
         validate_linux(linux)?;
+        validate_devices_and_resources(linux)?;
     }
     Ok(())
 }
@@ -80,6 +84,19 @@ fn validate_linux(linux: &oci_spec::runtime::Linux) -> Result<(), SpecError> {
                 format!("{value:?} is not one of [r]private, [r]slave, [r]shared, [r]unbindable"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `linux.devices` and `linux.resources`, including the device rules: everything the
+/// agent would refuse later when it makes the nodes or writes the cgroup.
+fn validate_devices_and_resources(linux: &oci_spec::runtime::Linux) -> Result<(), SpecError> {
+    super::devices::validate(linux.devices().as_deref().unwrap_or_default())?;
+    if let Some(resources) = linux.resources() {
+        super::cgroup::validate(resources).map_err(|err| SpecError::InvalidField {
+            field: err.field,
+            reason: err.reason,
+        })?;
     }
     Ok(())
 }
