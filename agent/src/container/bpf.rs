@@ -213,34 +213,26 @@ pub struct DeviceProgram {
 }
 
 impl DeviceProgram {
-    /// Loads `program` as a BPF_PROG_TYPE_CGROUP_DEVICE program; on a verifier rejection
-    /// the error carries the verifier's log.
+    /// Loads `program` as a BPF_PROG_TYPE_CGROUP_DEVICE program. Loaded without a
+    /// verifier log first (a log that outgrows its buffer fails the load); when the
+    /// verifier refuses it, loaded again with the log, which the error then carries.
     pub fn load(program: &[Insn]) -> Result<Self, (Errno, String)> {
         let bytes = encode(program);
-        let license = c"Apache-2.0";
-        let mut log = vec![0u8; 64 * 1024];
-        let mut attr = ProgLoadAttr {
-            prog_type: PROG_TYPE_CGROUP_DEVICE,
-            insn_cnt: u32::try_from(program.len()).map_err(|_| (Errno::E2BIG, String::new()))?,
-            insns: bytes.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: u32::try_from(log.len()).unwrap_or(u32::MAX),
-            log_buf: log.as_mut_ptr() as u64,
-            expected_attach_type: ATTACH_CGROUP_DEVICE,
-            ..Default::default()
-        };
-        attr.prog_name[..10].copy_from_slice(b"runv_devcg");
-        let fd = match bpf(BPF_PROG_LOAD, &mut attr) {
+        let fd = match load_raw(&bytes, None) {
             Ok(fd) => fd,
             Err(err) => {
-                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-                return Err((err, String::from_utf8_lossy(&log[..end]).trim().to_string()));
+                let mut log = vec![0u8; 256 * 1024];
+                let log = match load_raw(&bytes, Some(&mut log)) {
+                    // Not refused the second time: report the first failure alone.
+                    Ok(_) => String::new(),
+                    Err(_) => {
+                        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                        String::from_utf8_lossy(&log[..end]).trim().to_string()
+                    }
+                };
+                return Err((err, log));
             }
         };
-        let raw = i32::try_from(fd).map_err(|_| (Errno::EBADF, String::new()))?;
-        // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let id = prog_id(fd.as_fd()).unwrap_or(0);
         Ok(Self { fd, id })
     }
@@ -272,6 +264,29 @@ impl DeviceProgram {
             ..Default::default()
         }
     }
+}
+
+/// One BPF_PROG_LOAD of the encoded program, with the verifier's log in `log` if given.
+fn load_raw(bytes: &[u8], log: Option<&mut Vec<u8>>) -> Result<OwnedFd, Errno> {
+    let license = c"Apache-2.0";
+    let mut attr = ProgLoadAttr {
+        prog_type: PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(bytes.len() / 8).map_err(|_| Errno::E2BIG)?,
+        insns: bytes.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type: ATTACH_CGROUP_DEVICE,
+        ..Default::default()
+    };
+    if let Some(log) = log {
+        attr.log_level = 1;
+        attr.log_size = u32::try_from(log.len()).unwrap_or(u32::MAX);
+        attr.log_buf = log.as_mut_ptr() as u64;
+    }
+    attr.prog_name[..10].copy_from_slice(b"runv_devcg");
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    let raw = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 fn fd_u32(fd: i32) -> u32 {
@@ -332,6 +347,19 @@ mod tests {
             [0x15, 0x01, 2, 0, 0, 0, 0, 0]
         );
         assert_eq!(Insn::exit().encode(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_refused_program_reports_the_verifier_log() {
+        // Loading needs CAP_BPF (or CAP_SYS_ADMIN); the agent runs as root.
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: program not loaded");
+            return;
+        }
+        // Returns r0 without ever setting it.
+        let (errno, log) = DeviceProgram::load(&[Insn::exit()]).unwrap_err();
+        assert_eq!(errno, Errno::EACCES);
+        assert!(log.contains("R0"), "{log}");
     }
 
     #[test]

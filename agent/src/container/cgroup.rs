@@ -242,6 +242,10 @@ impl Cgroup {
         let path = self.path.join(file);
         match write_file(&path, value) {
             Ok(()) => Ok(()),
+            Err(err) if err.kind() == ErrorKind::NotFound && limit.optional => {
+                tracing::debug!(cgroup = %self.path.display(), file, "not in this kernel, skipped");
+                Ok(())
+            }
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 if self.strict || limit.required {
                     Err(CgroupError::MissingController {

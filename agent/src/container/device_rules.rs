@@ -502,10 +502,19 @@ mod tests {
             eprintln!("not root: programs not loaded");
             return;
         }
+        let many: Vec<String> = (0..500)
+            .map(|i| {
+                format!(
+                    r#"{{"allow": true, "type": "b", "major": 8, "minor": {i}, "access": "r"}}"#
+                )
+            })
+            .collect();
+        let many = format!(r#"[{{"allow": false}}, {}]"#, many.join(","));
         for json in [
             CRI_DEFAULT,
             "[]",
             r#"[{"allow": true, "access": "rwm"}, {"allow": false, "type": "b", "access": "w"}]"#,
+            &many,
         ] {
             let program = Policy::from_spec(&rules(json)).unwrap().program();
             let loaded = bpf::DeviceProgram::load(&program);

@@ -53,6 +53,8 @@ pub struct Limit {
     /// A missing file is an error even where missing controllers are tolerated
     /// (`unified` entries name the file themselves).
     pub required: bool,
+    /// Written only where the kernel has the file (hugetlb reservation limits).
+    pub optional: bool,
 }
 
 impl Limit {
@@ -63,6 +65,7 @@ impl Limit {
             value: value.into(),
             alternative: None,
             required: false,
+            optional: false,
         }
     }
 }
@@ -113,8 +116,18 @@ pub fn limits(resources: &LinuxResources) -> Result<Vec<Limit>, FieldError> {
         out.push(Limit::new(
             format!("{field}.limit"),
             format!("hugetlb.{size}.max"),
-            value,
+            &value,
         ));
+        // Reservations (kernels since 5.7) are held to the same limit, as runc does, so
+        // a mapping cannot reserve pages the limit would refuse at fault time.
+        out.push(Limit {
+            optional: true,
+            ..Limit::new(
+                format!("{field}.limit"),
+                format!("hugetlb.{size}.rsvd.max"),
+                value,
+            )
+        });
     }
     if let Some(network) = resources.network() {
         if network.class_id().is_some() {
@@ -641,16 +654,18 @@ mod tests {
         .unwrap();
         let got: Vec<_> = limits
             .iter()
-            .map(|l| (l.file.as_str(), l.value.as_str(), l.required))
+            .map(|l| (l.file.as_str(), l.value.as_str(), l.required, l.optional))
             .collect();
         assert_eq!(
             got,
             vec![
-                ("memory.max", "1000", false),
-                ("hugetlb.2MB.max", "4194304", false),
-                ("hugetlb.1GB.max", "max", false),
-                ("memory.high", "1500", true),
-                ("memory.max", "2000", true),
+                ("memory.max", "1000", false, false),
+                ("hugetlb.2MB.max", "4194304", false, false),
+                ("hugetlb.2MB.rsvd.max", "4194304", false, true),
+                ("hugetlb.1GB.max", "max", false, false),
+                ("hugetlb.1GB.rsvd.max", "max", false, true),
+                ("memory.high", "1500", true, false),
+                ("memory.max", "2000", true, false),
             ]
         );
     }
