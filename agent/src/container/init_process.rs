@@ -19,7 +19,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Uid};
 
 use super::sync::{self, FailureKind, FrameBuffer, FromInit, InitConfig, InitFailure, ToInit};
-use super::{capabilities, devices, lookup, mounts, namespaces, process_attrs, spec};
+use super::{capabilities, devices, lookup, mounts, namespaces, process_attrs, seccomp, spec};
 
 /// Terminal size (rows, cols) when the spec gives no consoleSize.
 const DEFAULT_TERMINAL_SIZE: (u16, u16) = (24, 80);
@@ -84,8 +84,9 @@ fn run_exec() -> Result<Infallible, InitFailure> {
         });
         setup_terminal(size, false)?;
     }
-    let (program, args, env) = prepare_process(&config.process)?;
+    let (program, args, env, filter) = prepare_process(&config.process, config.seccomp.as_ref())?;
     reset_signals();
+    filter.install()?;
     let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
     Err(InitFailure::os(
         format!("exec {}", program.to_string_lossy()),
@@ -103,7 +104,7 @@ fn run() -> Result<Infallible, InitFailure> {
         Err(err) => return Err(InitFailure::internal(err.to_string())),
     };
     let mut warnings = Vec::new();
-    let (program, args, env) = prepare(&config, &mut warnings)?;
+    let (program, args, env, filter) = prepare(&config, &mut warnings)?;
 
     sync::send_blocking(SYNC_FD, &FromInit::Ready { warnings }, None)
         .map_err(|e| InitFailure::internal(e.to_string()))?;
@@ -113,6 +114,7 @@ fn run() -> Result<Infallible, InitFailure> {
         _ => std::process::exit(1),
     }
     reset_signals();
+    filter.install()?;
     let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
     Err(InitFailure::os(
         format!("exec {}", program.to_string_lossy()),
@@ -120,11 +122,9 @@ fn run() -> Result<Infallible, InitFailure> {
     ))
 }
 
-/// Everything up to the exec: returns the program, argv and environment.
-fn prepare(
-    config: &InitConfig,
-    warnings: &mut Vec<String>,
-) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
+/// Everything up to the exec: returns the program, argv, environment and the seccomp
+/// filter still to load.
+fn prepare(config: &InitConfig, warnings: &mut Vec<String>) -> Result<Prepared, InitFailure> {
     let spec = &config.spec;
     let process = spec
         .process()
@@ -165,23 +165,31 @@ fn prepare(
         nix::unistd::sethostname(hostname)
             .map_err(|e| InitFailure::os(format!("sethostname {hostname:?}"), e))?;
     }
-    prepare_process(process)
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    prepare_process(process, seccomp)
 }
 
+/// The program, argv, environment and the seccomp filter still to load before execve.
+type Prepared = (CString, Vec<CString>, Vec<CString>, seccomp::Pending);
+
 /// The process part, shared by the init and exec processes: limits, privileges, user,
-/// cwd; returns the program, argv and environment.
+/// cwd, seccomp (the container's profile, loaded here or by the caller right before execve).
 fn prepare_process(
     process: &oci_spec::runtime::Process,
-) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+) -> Result<Prepared, InitFailure> {
     process_attrs::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     if let Some(score) = process.oom_score_adj() {
         process_attrs::set_oom_score_adj(score)?;
     }
-    if process.no_new_privileges().unwrap_or(false) {
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    if no_new_privs {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integers only.
         let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         Errno::result(ret).map_err(|e| InitFailure::os("no_new_privs", e))?;
     }
+    // Before the capabilities go: without no_new_privs loading needs CAP_SYS_ADMIN.
+    let filter = seccomp::prepare(seccomp, no_new_privs)?;
     let caps = process
         .capabilities()
         .as_ref()
@@ -209,6 +217,7 @@ fn prepare_process(
         c_string(program.as_os_str().as_encoded_bytes())?,
         c_strings(&args)?,
         c_strings(&env)?,
+        filter,
     ))
 }
 

@@ -14,6 +14,7 @@ mod lookup;
 mod mounts;
 pub mod namespaces;
 mod process_attrs;
+pub mod seccomp;
 pub mod spec;
 mod start;
 pub mod stats;
@@ -54,6 +55,8 @@ pub struct Container {
     execs: Mutex<exec::Execs>,
     /// The cgroup's OOM kill count already reported.
     pub oom_kills_seen: AtomicU64,
+    /// `linux.seccomp`, for exec processes.
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 impl Container {

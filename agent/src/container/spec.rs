@@ -13,6 +13,8 @@ pub enum SpecError {
     Missing(&'static str),
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
 }
 
 /// Parses and validates the spec JSON of a CreateContainer request.
@@ -29,6 +31,12 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
         .as_ref()
         .ok_or(SpecError::Missing("process"))?;
     validate_process(process)?;
+    if let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        let compiled = super::seccomp::compile(seccomp)?;
+        if !compiled.skipped.is_empty() {
+            tracing::warn!(skipped = ?compiled.skipped, "seccomp: not syscalls of this architecture");
+        }
+    }
     for m in spec.mounts().iter().flatten() {
         if !m.destination().is_absolute() {
             return Err(invalid(
