@@ -29,7 +29,8 @@
 //!    first rule whose conditions all hold decides. So when several rules of a syscall
 //!    match one call, the most restrictive wins; between two ERRNO rules, the one listed
 //!    first.
-//! 4. Everything else gets the default action.
+//! 4. Everything else gets the default action, and so does syscall number -1 (a call a
+//!    tracer skipped: an allowing default keeps the tracer's return value).
 //!
 //! Rules whose action is the default action are dropped (as runc does), so a syscall
 //! listed only with the default action gets the default action whatever its arguments.
@@ -514,6 +515,10 @@ fn generate(default: Action, rules: &BTreeMap<u32, Vec<Rule>>, named: &BTreeSet<
     asm.push(jump(BPF_JMP_JEQ_K, AUDIT_ARCH_NATIVE, 1, 0));
     asm.ret(foreign);
     asm.push(stmt(BPF_LD_W_ABS, OFF_NR));
+    // -1 is a call a tracer skipped: the default action keeps the tracer's return value
+    // when it allows (as libseccomp does).
+    asm.when(BPF_JMP_JEQ_K, u32::MAX);
+    asm.ret(default);
     if let Some(bit) = X32_SYSCALL_BIT {
         asm.when(BPF_JMP_JGE_K, bit);
         asm.ret(foreign);
@@ -826,6 +831,26 @@ mod tests {
                   "args": [{{"index": 2, "value": {value}, "valueTwo": {value_two},
                              "op": "{op}"}}]}}]}}"#
         ))
+    }
+
+    #[test]
+    fn syscalls_skipped_by_a_tracer_get_the_default_action() {
+        let allow = filter(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        );
+        assert_eq!(
+            run(&allow.program, AUDIT_ARCH_NATIVE, u32::MAX, [0; 6]),
+            ALLOW
+        );
+        let deny = filter(
+            r#"{"defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ALLOW"}]}"#,
+        );
+        assert_eq!(
+            run(&deny.program, AUDIT_ARCH_NATIVE, u32::MAX, [0; 6]),
+            EPERM_RET
+        );
     }
 
     #[test]
