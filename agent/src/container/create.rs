@@ -33,6 +33,7 @@ pub async fn create(
     req: CreateRequest,
 ) -> Result<Container, AgentError> {
     let id = req.container_id.clone();
+    let seccomp = req.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     // Checked before anything is made, so a bad namespace leaves nothing behind.
     let plan = namespaces::plan(&req.spec)?;
     let cgroup = cgroups.create(&id).map_err(|source| AgentError::Cgroup {
@@ -50,6 +51,7 @@ pub async fn create(
             lifecycle: Mutex::new(Lifecycle::Created(parts.channel)),
             execs: Mutex::default(),
             oom_kills_seen: std::sync::atomic::AtomicU64::new(0),
+            seccomp,
         }),
         Err(err) => {
             if let Err(rm) = cgroup.remove().await {

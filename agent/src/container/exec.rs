@@ -202,6 +202,7 @@ impl Container {
                 exec_id: exec_id.to_string(),
                 join: namespaces_of(self.pid),
                 process,
+                seccomp: self.seccomp.clone(),
             };
             channel
                 .send(&ToInit::Exec(Box::new(config)))

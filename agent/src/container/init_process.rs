@@ -19,7 +19,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Uid};
 
 use super::sync::{self, FailureKind, FrameBuffer, FromInit, InitConfig, InitFailure, ToInit};
-use super::{capabilities, devices, lookup, mounts, namespaces, process_attrs, spec};
+use super::{capabilities, devices, lookup, mounts, namespaces, process_attrs, seccomp, spec};
 
 /// Terminal size (rows, cols) when the spec gives no consoleSize.
 const DEFAULT_TERMINAL_SIZE: (u16, u16) = (24, 80);
@@ -85,8 +85,9 @@ fn run_exec() -> Result<Infallible, InitFailure> {
         });
         setup_terminal(size, false)?;
     }
-    let (program, args, env) = prepare_process(&config.process)?;
+    let (program, args, env, filter) = prepare_process(&config.process, config.seccomp.as_ref())?;
     reset_signals();
+    filter.install()?;
     let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
     Err(InitFailure::os(
         format!("exec {}", program.to_string_lossy()),
@@ -104,7 +105,7 @@ fn run() -> Result<Infallible, InitFailure> {
         Err(err) => return Err(InitFailure::internal(err.to_string())),
     };
     let mut warnings = Vec::new();
-    let (program, args, env) = prepare(&config, &mut warnings)?;
+    let (program, args, env, filter) = prepare(&config, &mut warnings)?;
 
     sync::send_blocking(SYNC_FD, &FromInit::Ready { warnings }, None)
         .map_err(|e| InitFailure::internal(e.to_string()))?;
@@ -114,6 +115,7 @@ fn run() -> Result<Infallible, InitFailure> {
         _ => std::process::exit(1),
     }
     reset_signals();
+    filter.install()?;
     let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
     Err(InitFailure::os(
         format!("exec {}", program.to_string_lossy()),
@@ -121,11 +123,9 @@ fn run() -> Result<Infallible, InitFailure> {
     ))
 }
 
-/// Everything up to the exec: returns the program, argv and environment.
-fn prepare(
-    config: &InitConfig,
-    warnings: &mut Vec<String>,
-) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
+/// Everything up to the exec: returns the program, argv, environment and the seccomp
+/// filter still to load.
+fn prepare(config: &InitConfig, warnings: &mut Vec<String>) -> Result<Prepared, InitFailure> {
     let spec = &config.spec;
     let process = spec
         .process()
@@ -196,8 +196,12 @@ fn prepare(
             }
         }
     }
-    prepare_process(process)
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    prepare_process(process, seccomp)
 }
+
+/// The program, argv, environment and the seccomp filter still to load before execve.
+type Prepared = (CString, Vec<CString>, Vec<CString>, seccomp::Pending);
 
 /// Pins the process to `process.execCPUAffinity.initial` for its setup.
 fn initial_cpu_affinity(process: &oci_spec::runtime::Process) -> Result<(), InitFailure> {
@@ -220,10 +224,11 @@ fn set_domainname(name: &str) -> Result<(), InitFailure> {
 }
 
 /// The process part, shared by the init and exec processes: limits, privileges, user,
-/// cwd; returns the program, argv and environment.
+/// cwd, seccomp (the container's profile, loaded here or by the caller right before execve).
 fn prepare_process(
     process: &oci_spec::runtime::Process,
-) -> Result<(CString, Vec<CString>, Vec<CString>), InitFailure> {
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+) -> Result<Prepared, InitFailure> {
     process_attrs::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     if let Some(score) = process.oom_score_adj() {
         process_attrs::set_oom_score_adj(score)?;
@@ -242,11 +247,14 @@ fn prepare_process(
     {
         process_attrs::set_cpu_affinity(list, "process.execCPUAffinity.final")?;
     }
-    if process.no_new_privileges().unwrap_or(false) {
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    if no_new_privs {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes plain integers only.
         let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         Errno::result(ret).map_err(|e| InitFailure::os("no_new_privs", e))?;
     }
+    // Before the capabilities go: without no_new_privs loading needs CAP_SYS_ADMIN.
+    let filter = seccomp::prepare(seccomp, no_new_privs)?;
     let caps = process
         .capabilities()
         .as_ref()
@@ -274,6 +282,7 @@ fn prepare_process(
         c_string(program.as_os_str().as_encoded_bytes())?,
         c_strings(&args)?,
         c_strings(&env)?,
+        filter,
     ))
 }
 

@@ -17,6 +17,7 @@ mod mounts;
 pub mod namespaces;
 mod process_attrs;
 mod resources;
+pub mod seccomp;
 pub mod spec;
 mod start;
 pub mod stats;
@@ -57,6 +58,8 @@ pub struct Container {
     execs: Mutex<exec::Execs>,
     /// The cgroup's OOM kill count already reported.
     pub oom_kills_seen: AtomicU64,
+    /// `linux.seccomp`, for exec processes.
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 impl Container {

@@ -16,6 +16,8 @@ pub enum SpecError {
     /// A field of a list entry or map key, named with its index (`linux.devices[2].path`).
     #[error("{field}: {reason}")]
     InvalidField { field: String, reason: String },
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
 }
 
 /// Parses and validates the spec JSON of a CreateContainer request.
@@ -32,6 +34,12 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
         .as_ref()
         .ok_or(SpecError::Missing("process"))?;
     validate_process(process)?;
+    if let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        let compiled = super::seccomp::compile(seccomp)?;
+        if !compiled.skipped.is_empty() {
+            tracing::warn!(skipped = ?compiled.skipped, "seccomp: not syscalls of this architecture");
+        }
+    }
     for m in spec.mounts().iter().flatten() {
         if !m.destination().is_absolute() {
             return Err(invalid(

@@ -43,6 +43,9 @@ pub struct ExecConfig {
     /// The container's namespaces, the mount namespace last.
     pub join: Vec<super::namespaces::Join>,
     pub process: oci_spec::runtime::Process,
+    /// The container's seccomp profile, which exec processes get too.
+    #[serde(default)]
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// Messages from the agent to the init process.
