@@ -132,6 +132,10 @@ fn prepare(
         .ok_or_else(|| InitFailure::new(FailureKind::InvalidArgument, "process is missing"))?;
 
     namespaces::join_all(&config.join)?;
+    let own = CloneFlags::from_bits_truncate(config.unshare);
+    if !own.is_empty() {
+        unshare(own).map_err(|e| InitFailure::os("unshare namespaces in the user namespace", e))?;
+    }
     if config.new_cgroup {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| InitFailure::os("cgroup namespace", e))?;
     }

@@ -13,6 +13,9 @@ pub enum SpecError {
     Missing(&'static str),
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A field whose name is built at run time, such as `linux.uidMappings[1]`.
+    #[error("{field}: {reason}")]
+    InvalidField { field: String, reason: String },
 }
 
 /// Parses and validates the spec JSON of a CreateContainer request.
