@@ -616,11 +616,11 @@ async fn pod_containers_join_the_first_ones_namespaces() {
         "{}",
         message(&err)
     );
-    let mut user = agent.spec(&["true"]);
-    user["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "user"}]);
-    let err = create(&client, &agent, "user", &user).await.unwrap_err();
+    let mut time = agent.spec(&["true"]);
+    time["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "time"}]);
+    let err = create(&client, &agent, "time", &time).await.unwrap_err();
     assert!(
-        message(&err).contains("user namespaces"),
+        message(&err).contains("time namespaces"),
         "{}",
         message(&err)
     );

@@ -39,6 +39,11 @@ pub struct CloneSpec<'a> {
     pub flags: CloneFlags,
     /// A pid namespace to clone the child into (an open `/proc/<pid>/ns/pid`).
     pub pid_ns: Option<&'a std::fs::File>,
+    /// The child waits for one byte on the sync socket before it execs: the go-ahead once
+    /// the agent has written the id mappings of its new user namespace. It then takes the
+    /// ids 0 of the namespace (it keeps the agent's until it does, unmapped there): it
+    /// must exec as root of the namespace to keep its capabilities for the setup.
+    pub wait_before_exec: bool,
 }
 
 /// Clones a process that re-executes this binary in `spec.mode` and registers it with the
@@ -65,12 +70,12 @@ pub fn clone_child(
         copies[3].as_raw_fd(),
     ];
     let result = match spec.pid_ns {
-        None => clone_exec(reaper, sources, spec.mode, spec.flags),
+        None => clone_exec(reaper, sources, &spec),
         Some(pid_ns) => std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     nix::sched::setns(pid_ns, CloneFlags::CLONE_NEWPID)?;
-                    clone_exec(reaper, sources, spec.mode, spec.flags)
+                    clone_exec(reaper, sources, &spec)
                 })
                 .join()
                 .unwrap_or(Err(Errno::EIO))
@@ -80,13 +85,14 @@ pub fn clone_child(
     result
 }
 
-/// The clone itself: the child moves `sources` to fds 0-3 and execs the agent in `mode`.
+/// The clone itself: the child moves `sources` to fds 0-3 and execs the agent in
+/// `spec.mode`.
 fn clone_exec(
     reaper: &Reaper,
     sources: [RawFd; 4],
-    mode: &'static str,
-    flags: CloneFlags,
+    spec: &CloneSpec<'_>,
 ) -> Result<(nix::unistd::Pid, ExitReceiver), Errno> {
+    let (mode, flags, wait) = (spec.mode, spec.flags, spec.wait_before_exec);
     let targets: [RawFd; 4] = [0, 1, 2, 3];
     let exe = CString::new("/proc/self/exe").map_err(|_| Errno::EINVAL)?;
     let arg0 = CString::new("runv-agent").map_err(|_| Errno::EINVAL)?;
@@ -96,6 +102,10 @@ fn clone_exec(
     let mut stack = vec![0u8; CHILD_STACK_SIZE];
 
     let child = Box::new(|| -> isize {
+        if wait && !(wait_for_go(sources[3]) && become_root()) {
+            // SAFETY: _exit is async-signal-safe and ends the child at once.
+            unsafe { libc::_exit(126) };
+        }
         for (source, target) in sources.iter().zip(targets.iter()) {
             // SAFETY: dup2 is async-signal-safe; both are plain fd numbers.
             if unsafe { libc::dup2(*source, *target) } < 0 {
@@ -115,4 +125,34 @@ fn clone_exec(
         // and the child has its own copy of it (no CLONE_VM).
         unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
     })
+}
+
+/// Reads the one-byte go-ahead from `sync` in the cloned child; false when the agent
+/// closed the socket or the read failed. Only async-signal-safe calls.
+fn wait_for_go(sync: RawFd) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: read is async-signal-safe; the buffer is one byte on this stack.
+        let n = unsafe { libc::read(sync, ptr::addr_of_mut!(byte).cast(), 1) };
+        if n == 1 {
+            return true;
+        }
+        // SAFETY: reading this thread's errno is async-signal-safe.
+        if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+            continue;
+        }
+        return false;
+    }
+}
+
+/// Sets the real, effective and saved ids to 0 of the child's user namespace; false when
+/// they are not mapped. Raw system calls: the libc wrappers would try to reach the
+/// agent's other threads, which the child does not have.
+fn become_root() -> bool {
+    // SAFETY: setresgid/setresuid take plain integers and are async-signal-safe as raw
+    // system calls.
+    unsafe {
+        libc::syscall(libc::SYS_setresgid, 0, 0, 0) == 0
+            && libc::syscall(libc::SYS_setresuid, 0, 0, 0) == 0
+    }
 }

@@ -119,6 +119,7 @@ async fn create_in_cgroup(
             mode: CONTAINER_INIT_ARG,
             flags: plan.clone_flags,
             pid_ns: pid_ns.as_ref(),
+            wait_before_exec: plan.id_maps.is_some(),
         },
     )
     .map_err(os("clone init process"))?;
@@ -127,6 +128,16 @@ async fn create_in_cgroup(
     tracing::debug!(container = %id, pid = pid.as_raw(), "init process cloned");
 
     let prepared = async {
+        if let Some(maps) = &plan.id_maps {
+            // Before anything else on the socket: the init waits for this to exec.
+            super::userns::write_maps(pid, maps)
+                .and_then(|()| {
+                    nix::unistd::write(&agent_sock, &[0])
+                        .map(drop)
+                        .map_err(|e| ("send the go-ahead after the id mappings".into(), e))
+                })
+                .map_err(|(what, e)| AgentError::os(format!("container {id:?}: {what}"), e))?;
+        }
         let mut channel = InitChannel::new(agent_sock).map_err(|e| AgentError::Stdio {
             id: id.clone(),
             source: e.into(),
@@ -143,6 +154,7 @@ async fn create_in_cgroup(
             rootfs: req.rootfs,
             readonly_root: req.readonly_root,
             join: plan.join,
+            unshare: plan.unshare.bits(),
             new_cgroup: plan.new_cgroup,
         };
         let sync_err = |source| AgentError::Sync {

@@ -6,7 +6,8 @@
 //! up the terminal, limits, privileges and user like the init process does, and execs.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::sys::signal::{kill, Signal};
@@ -73,15 +74,30 @@ pub struct Execs {
 }
 
 /// The namespaces of the process `pid` an exec process joins, the mount namespace last
-/// (once in it, the other paths are no longer reachable).
+/// (once in it, the other paths are no longer reachable), and its user namespace when it
+/// has its own (`join_all` joins that one after all the others).
 fn namespaces_of(pid: Pid) -> Vec<Join> {
-    ["ipc", "uts", "net", "cgroup", "mnt"]
+    let join = |kind: &str| Join {
+        kind: kind.to_string(),
+        path: PathBuf::from(format!("/proc/{}/ns/{kind}", pid.as_raw())),
+    };
+    let mut joins: Vec<Join> = ["ipc", "uts", "net", "cgroup", "mnt"]
         .into_iter()
-        .map(|kind| Join {
-            kind: kind.to_string(),
-            path: PathBuf::from(format!("/proc/{}/ns/{kind}", pid.as_raw())),
-        })
-        .collect()
+        .map(join)
+        .collect();
+    // Joining the user namespace one is in already fails (EINVAL).
+    if !same_namespace(&join("user").path, Path::new("/proc/self/ns/user")) {
+        joins.push(join("user"));
+    }
+    joins
+}
+
+/// Whether two `/proc/*/ns/*` links name the same namespace; false when either is gone.
+fn same_namespace(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn check_exec_id(exec_id: &str) -> Result<(), AgentError> {
@@ -176,6 +192,7 @@ impl Container {
                 mode: CONTAINER_EXEC_ARG,
                 flags: nix::sched::CloneFlags::empty(),
                 pid_ns: Some(&pid_ns),
+                wait_before_exec: false,
             },
         )
         .map_err(os("clone"))?;
@@ -317,8 +334,15 @@ mod tests {
 
     #[test]
     fn mount_namespace_is_joined_last() {
-        let joins = namespaces_of(Pid::from_raw(42));
-        assert_eq!(joins.last().unwrap().path, PathBuf::from("/proc/42/ns/mnt"));
+        // A process in the agent's user namespace: no user namespace to join.
+        let me = Pid::this();
+        let joins = namespaces_of(me);
+        let mnt = PathBuf::from(format!("/proc/{}/ns/mnt", me.as_raw()));
+        assert_eq!(joins.last().unwrap().path, mnt);
         assert_eq!(joins.len(), 5);
+        // A gone process: its user namespace is listed (and the join will fail on it).
+        let joins = namespaces_of(Pid::from_raw(i32::MAX));
+        let kinds: Vec<&str> = joins.iter().map(|j| j.kind.as_str()).collect();
+        assert_eq!(kinds, ["ipc", "uts", "net", "cgroup", "mnt", "user"]);
     }
 }

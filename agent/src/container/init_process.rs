@@ -133,6 +133,10 @@ fn prepare(config: &InitConfig, warnings: &mut Vec<String>) -> Result<Prepared, 
         .ok_or_else(|| InitFailure::new(FailureKind::InvalidArgument, "process is missing"))?;
 
     namespaces::join_all(&config.join)?;
+    let own = CloneFlags::from_bits_truncate(config.unshare);
+    if !own.is_empty() {
+        unshare(own).map_err(|e| InitFailure::os("unshare namespaces in the user namespace", e))?;
+    }
     initial_cpu_affinity(process)?;
     if config.new_cgroup {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| InitFailure::os("cgroup namespace", e))?;

@@ -23,6 +23,7 @@ mod start;
 pub mod stats;
 pub mod stdio;
 pub mod sync;
+pub mod userns;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};

@@ -284,11 +284,14 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), InitFailure> {
             .map_err(|e| failure(format!("bind mount {name}"), e))?;
         let remount = options.bind_remount_flags();
         if !remount.is_empty() {
+            // A remount must keep the flags the source has (in a user namespace they are
+            // locked, and dropping one is refused with EPERM).
+            let kept = locked_flags(&dest).map_err(|e| failure(format!("statvfs {name}"), e))?;
             mount(
                 None::<&str>,
                 &dest,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | remount,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | remount | kept,
                 None::<&str>,
             )
             .map_err(|e| failure(format!("remount {name}"), e))?;
@@ -296,8 +299,26 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), InitFailure> {
     } else {
         create_mount_point(&dest, true).map_err(|e| io_failure(format!("mount {name}"), e))?;
         let data = (!options.data.is_empty()).then_some(options.data.as_str());
-        mount(Some(&source), &dest, Some(typ), options.flags, data)
-            .map_err(|e| failure(format!("mount {typ} on {name}"), e))?;
+        match mount(Some(&source), &dest, Some(typ), options.flags, data) {
+            Ok(()) => {}
+            Err(Errno::EPERM) if BINDABLE_INSTEAD.contains(&typ) => {
+                bind_existing(typ, &dest, &options).map_err(|e| {
+                    failure(
+                        format!("mount {typ} on {name} (refused in the user namespace, so bound)"),
+                        e,
+                    )
+                })?;
+            }
+            Err(Errno::EINVAL) if typ == "devpts" && has_option(data, "gid") => {
+                // gid=5 (tty) is not mapped in the user namespace: the pts then belong to
+                // the group of whoever opens them.
+                let data = without_option(&options.data, "gid");
+                let data = (!data.is_empty()).then_some(data.as_str());
+                mount(Some(&source), &dest, Some(typ), options.flags, data)
+                    .map_err(|e| failure(format!("mount {typ} on {name}"), e))?;
+            }
+            Err(e) => return Err(failure(format!("mount {typ} on {name}"), e)),
+        }
     }
     if !options.propagation.is_empty() {
         mount(
@@ -310,6 +331,100 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), InitFailure> {
         .map_err(|e| failure(format!("set propagation of {name}"), e))?;
     }
     Ok(())
+}
+
+/// Filesystems a user namespace cannot mount unless it owns the namespace they show (the
+/// network namespace for sysfs, the ipc one for mqueue, the cgroup one for cgroup2); the
+/// guest's own mount of them is bound instead, as other runtimes do.
+const BINDABLE_INSTEAD: [&str; 3] = ["sysfs", "mqueue", "cgroup2"];
+
+/// Binds (recursively) the agent's mount of `fstype` on `dest` and applies the mount's
+/// restricting flags (ro, nosuid, nodev, noexec) to it and everything under it.
+fn bind_existing(fstype: &str, dest: &Path, options: &MountOptions) -> Result<(), Errno> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let source = mount_point_of(&mountinfo, fstype).ok_or(Errno::EPERM)?;
+    mount(
+        Some(&source),
+        dest,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+    let mut attr_set = 0;
+    for (flag, attr) in [
+        (MsFlags::MS_RDONLY, libc::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, libc::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, libc::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, libc::MOUNT_ATTR_NOEXEC),
+    ] {
+        if options.flags.contains(flag) {
+            attr_set |= attr;
+        }
+    }
+    if attr_set == 0 {
+        return Ok(());
+    }
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let path =
+        std::ffi::CString::new(dest.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: mount_setattr reads `attr` (of the size given) and the NUL-terminated path,
+    // both alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// The first mount point of a filesystem of type `fstype` in `mountinfo`.
+fn mount_point_of(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (fields, after) = line.split_once(" - ")?;
+        if after.split(' ').next()? != fstype {
+            return None;
+        }
+        Some(PathBuf::from(unescape_mountinfo(fields.split(' ').nth(4)?)))
+    })
+}
+
+/// The flags of the mount at `path` that a bind remount must keep.
+fn locked_flags(path: &Path) -> Result<MsFlags, Errno> {
+    use nix::sys::statvfs::FsFlags;
+    let current = nix::sys::statvfs::statvfs(path)?.flags();
+    let mut flags = MsFlags::empty();
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if current.contains(fs_flag) {
+            flags |= ms_flag;
+        }
+    }
+    Ok(flags)
+}
+
+fn has_option(data: Option<&str>, name: &str) -> bool {
+    data.is_some_and(|d| d.split(',').any(|o| o.split('=').next() == Some(name)))
+}
+
+fn without_option(data: &str, name: &str) -> String {
+    data.split(',')
+        .filter(|o| o.split('=').next() != Some(name))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn create_mount_point(dest: &Path, dir: bool) -> std::io::Result<()> {
@@ -562,6 +677,40 @@ mod tests {
         let points = unrelated_mounts(mountinfo, Path::new("/run/shared/c1/rootfs"));
         let names: Vec<String> = points.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(names, ["/dev/pts", "/proc", "/dev", "/my dir"]);
+    }
+
+    #[test]
+    fn existing_mounts_are_found_by_type() {
+        let mountinfo = "\
+22 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+26 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw
+30 1 0:25 / /dev/m\\040q rw,nosuid - mqueue mqueue rw
+";
+        assert_eq!(
+            mount_point_of(mountinfo, "sysfs"),
+            Some(PathBuf::from("/sys"))
+        );
+        assert_eq!(
+            mount_point_of(mountinfo, "cgroup2"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            mount_point_of(mountinfo, "mqueue"),
+            Some(PathBuf::from("/dev/m q"))
+        );
+        assert_eq!(mount_point_of(mountinfo, "proc"), None);
+    }
+
+    #[test]
+    fn devpts_gid_option_can_be_dropped() {
+        let data = "newinstance,ptmxmode=0666,mode=0620,gid=5";
+        assert!(has_option(Some(data), "gid"));
+        assert!(!has_option(Some(data), "uid"));
+        assert!(!has_option(None, "gid"));
+        assert_eq!(
+            without_option(data, "gid"),
+            "newinstance,ptmxmode=0666,mode=0620"
+        );
     }
 
     #[test]

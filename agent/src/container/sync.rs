@@ -31,6 +31,9 @@ pub struct InitConfig {
     pub readonly_root: bool,
     /// Namespaces to join before the setup.
     pub join: Vec<super::namespaces::Join>,
+    /// Namespaces to unshare after joining them (`CLONE_NEW*` bits): those a joined user
+    /// namespace must own.
+    pub unshare: libc::c_int,
     /// Unshare a new cgroup namespace.
     pub new_cgroup: bool,
 }
