@@ -2,7 +2,6 @@
 //! mappings, the default mounts and the hostname inside the namespace, exec processes and
 //! pod containers joining it, and bad mappings refused without leftovers.
 
-// The harness re-exports what every test file may need; this one needs less.
 mod common;
 
 use common::*;
