@@ -232,6 +232,9 @@ const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+// MS_PRIVATE and MS_SLAVE, as mount_attr's 64-bit propagation field takes them.
+const PROPAGATION_PRIVATE: u64 = 1 << 18;
+const PROPAGATION_SLAVE: u64 = 1 << 19;
 
 #[repr(C)]
 struct MountAttr {
@@ -273,8 +276,8 @@ fn clone_tree(source: &Path, recursive: bool) -> std::io::Result<OwnedFd> {
 /// Sets read-only and the propagation on a detached tree, recursively for `rbind`.
 fn set_attributes(tree: &OwnedFd, volume: &Volume) -> std::io::Result<()> {
     let propagation = match volume.propagation {
-        Propagation::Private => u64::from(libc::MS_PRIVATE),
-        Propagation::Slave => u64::from(libc::MS_SLAVE),
+        Propagation::Private => PROPAGATION_PRIVATE,
+        Propagation::Slave => PROPAGATION_SLAVE,
         // The copy joined the source's peer group already.
         Propagation::Shared => 0,
     };
