@@ -2,8 +2,8 @@
 //!
 //! A [`sandbox::Sandbox`] is one VM with runv-agent inside; the runtime starts it with a
 //! [`hypervisor::Hypervisor`] backend, talks to the agent over hybrid vsock
-//! ([`agent::AgentClient`]), shares container roots with the guest over virtio-fs
-//! ([`rootfs`]) and keeps its state under `/run/runv/<id>/` ([`state`]). The `runv` command
+//! ([`agent::AgentClient`]), shares container roots and volumes with the guest over virtio-fs
+//! ([`rootfs`], [`volumes`]) and keeps its state under `/run/runv/<id>/` ([`state`]). The `runv` command
 //! and the containerd shim are thin layers over this crate.
 
 #![warn(missing_docs)]
@@ -19,3 +19,4 @@ pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod stdio;
+pub mod volumes;

@@ -19,6 +19,7 @@ use crate::rootfs::{MountedRootfs, RootfsError, RootfsSource, SharedDir};
 use crate::state::{
     validate_id, ContainerState, OwnerLock, SandboxDir, SandboxState, SandboxStatus, StateError,
 };
+use crate::volumes::{VolumeError, Volumes};
 
 /// virtio-fs tag of a sandbox's shared directory.
 pub const SHARED_FS_TAG: &str = "runvshared";
@@ -46,6 +47,9 @@ pub enum SandboxError {
     /// The container root could not be prepared.
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    /// A volume cannot be shared or could not be mounted.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// The VM ended while runv was waiting for its agent.
     #[error("The sandbox VM stopped before its agent answered: {reason}\nGuest console ({console}):\n{console_tail}")]
     VmDied {
@@ -115,6 +119,7 @@ pub struct Sandbox {
     hypervisor: Box<dyn Hypervisor>,
     agent: Option<AgentClient>,
     rootfs: BTreeMap<String, MountedRootfs>,
+    volumes: BTreeMap<String, Volumes>,
     shared: Option<SharedDir>,
     created: Instant,
     timings: Timings,
@@ -187,6 +192,7 @@ impl Sandbox {
             hypervisor,
             agent: None,
             rootfs: BTreeMap::new(),
+            volumes: BTreeMap::new(),
             shared: None,
             created,
             timings: Timings::default(),
@@ -333,7 +339,8 @@ impl Sandbox {
     }
 
     /// Creates a container from `spec` with its root from `rootfs`; its process waits for
-    /// [`Self::start_container`].
+    /// [`Self::start_container`]. The spec's bind mounts of host paths are shared with the
+    /// guest (see [`crate::volumes`]); one that cannot be fails before anything is mounted.
     pub async fn create_container(
         &mut self,
         id: &str,
@@ -345,14 +352,32 @@ impl Sandbox {
             return Err(SandboxError::ContainerExists(id.to_string()));
         }
         let agent = self.agent()?.clone();
-        let spec_json = crate::spec::to_json(spec).map_err(|e| AgentError::Transport {
-            method: "CreateContainer",
-            reason: e.to_string(),
-        })?;
+        crate::volumes::validate(spec)?;
         let target = self.dir.shared().join(id).join("rootfs");
         let scratch = self.dir.path().join("scratch").join(id);
         let mounted = MountedRootfs::mount(rootfs, &target, &scratch)?;
         self.rootfs.insert(id.to_string(), mounted);
+        let guest_spec = match Volumes::share(spec, &self.dir.shared(), id, GUEST_SHARED_DIR) {
+            Ok((volumes, guest_spec)) => {
+                self.volumes.insert(id.to_string(), volumes);
+                guest_spec
+            }
+            Err(e) => {
+                self.release_mounts(id);
+                return Err(e.into());
+            }
+        };
+        let spec_json = match crate::spec::to_json(&guest_spec) {
+            Ok(json) => json,
+            Err(e) => {
+                self.release_mounts(id);
+                return Err(AgentError::Transport {
+                    method: "CreateContainer",
+                    reason: e.to_string(),
+                }
+                .into());
+            }
+        };
         let req = pb::CreateContainerRequest {
             container_id: id.to_string(),
             oci_spec_json: spec_json,
@@ -368,7 +393,7 @@ impl Sandbox {
             ..Default::default()
         };
         if let Err(e) = agent.create_container(req).await {
-            self.release_rootfs(id);
+            self.release_mounts(id);
             return Err(e.into());
         }
         self.state.containers.push(ContainerState {
@@ -403,7 +428,8 @@ impl Sandbox {
         Ok(self.dir.save(&self.state)?)
     }
 
-    /// Kills what is left of a container, removes it in the guest and unmounts its root.
+    /// Kills what is left of a container, removes it in the guest and unmounts its volumes
+    /// and its root.
     pub async fn remove_container(&mut self, id: &str) -> Result<(), SandboxError> {
         if !self.rootfs.contains_key(id) {
             return Err(SandboxError::ContainerNotFound(id.to_string()));
@@ -412,13 +438,20 @@ impl Sandbox {
             .agent()?
             .remove_container(id, Duration::from_millis(500))
             .await;
-        self.release_rootfs(id);
+        self.release_mounts(id);
         self.state.containers.retain(|c| c.id != id);
         self.dir.save(&self.state)?;
         Ok(removed?)
     }
 
-    fn release_rootfs(&mut self, id: &str) {
+    /// Unmounts a container's volumes, then its root. A volume that stays mounted keeps its
+    /// mount point, and the sandbox directory's removal refuses to go through it.
+    fn release_mounts(&mut self, id: &str) {
+        if let Some(mut volumes) = self.volumes.remove(id) {
+            if let Err(e) = volumes.release() {
+                tracing::warn!(sandbox = %self.state.id, container = id, error = %e, "unmount volumes");
+            }
+        }
         if let Some(mut mounted) = self.rootfs.remove(id) {
             if let Err(e) = mounted.unmount() {
                 tracing::warn!(sandbox = %self.state.id, container = id, error = %e, "unmount rootfs");
@@ -435,7 +468,7 @@ impl Sandbox {
     }
 
     /// Powers the VM off (through the agent, then by force), stops every helper and unmounts
-    /// every container root. `remove` also deletes the state directory; otherwise it stays,
+    /// every container's volumes and root. `remove` also deletes the state directory; otherwise it stays,
     /// marked stopped, for inspection.
     pub async fn shutdown(mut self, remove: bool) {
         self.teardown(remove).await;
@@ -458,7 +491,7 @@ impl Sandbox {
         self.hypervisor.stop(grace).await;
         let ids: Vec<String> = self.rootfs.keys().cloned().collect();
         for id in ids {
-            self.release_rootfs(&id);
+            self.release_mounts(&id);
         }
         self.release_shared();
         self.state.status = SandboxStatus::Stopped;
@@ -487,7 +520,7 @@ impl Drop for Sandbox {
         self.hypervisor.kill_now();
         let ids: Vec<String> = self.rootfs.keys().cloned().collect();
         for id in ids {
-            self.release_rootfs(&id);
+            self.release_mounts(&id);
         }
         self.release_shared();
         let _ = self.dir.remove();

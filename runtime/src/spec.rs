@@ -2,7 +2,7 @@
 //! a command line gives.
 
 use oci_spec::runtime::{
-    BoxBuilder, LinuxNamespace, LinuxNamespaceType, Process, Root, Spec, User,
+    BoxBuilder, LinuxNamespace, LinuxNamespaceType, Mount, Process, Root, Spec, User,
 };
 
 /// Errors building a spec from options.
@@ -17,6 +17,14 @@ pub enum SpecError {
     /// The working directory is not absolute.
     #[error("Invalid working directory {0:?}: must be an absolute path")]
     BadCwd(String),
+    /// A volume is not `HOST:CONTAINER[:ro|rw]` with absolute paths.
+    #[error("Invalid volume {arg:?}: {reason}")]
+    BadVolume {
+        /// The option as given.
+        arg: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The user is not `UID[:GID]`.
     #[error("Invalid user {0:?}: expected UID[:GID] as numbers")]
     BadUser(String),
@@ -84,6 +92,53 @@ pub fn merge_env(base: &[String], overrides: &[String]) -> Result<Vec<String>, S
         }
     }
     Ok(env)
+}
+
+/// Parses a `-v` option, `HOST:CONTAINER[:ro|rw]` with absolute paths, into a recursive
+/// bind mount as docker and podman make it; sharing it with the VM is
+/// [`crate::volumes`]' business.
+pub fn parse_volume(arg: &str) -> Result<Mount, SpecError> {
+    let bad = |reason| SpecError::BadVolume {
+        arg: arg.to_string(),
+        reason,
+    };
+    let parts: Vec<&str> = arg.split(':').collect();
+    let (host, container, mode) = match parts.as_slice() {
+        [host, container] => (*host, *container, "rw"),
+        [host, container, mode] => (*host, *container, *mode),
+        _ => return Err(bad("expected HOST:CONTAINER or HOST:CONTAINER:ro")),
+    };
+    if !host.starts_with('/') {
+        return Err(bad("the host path must be absolute"));
+    }
+    if !container.starts_with('/') {
+        return Err(bad("the container path must be absolute"));
+    }
+    if std::path::Path::new(container).parent().is_none() {
+        return Err(bad("the container path cannot be /"));
+    }
+    if mode != "ro" && mode != "rw" {
+        return Err(bad("the mode must be ro or rw"));
+    }
+    let mut mount = Mount::default();
+    mount.set_destination(container.into());
+    mount.set_typ(Some("bind".to_string()));
+    mount.set_source(Some(host.into()));
+    mount.set_options(Some(vec!["rbind".to_string(), mode.to_string()]));
+    Ok(mount)
+}
+
+/// Adds `-v` volumes to a spec's mounts, in order.
+pub fn add_volumes(spec: &mut Spec, volumes: &[String]) -> Result<(), SpecError> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for arg in volumes {
+        mounts.push(parse_volume(arg)?);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// A spec for one container: runc's defaults with the process from `opts`, a writable root
@@ -230,6 +285,48 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert_eq!(ns, ["pid", "mount", "ipc", "uts", "cgroup"]);
+    }
+
+    #[test]
+    fn volumes_parse_like_docker() {
+        let m = parse_volume("/srv/data:/data").unwrap();
+        assert_eq!(m.destination(), std::path::Path::new("/data"));
+        assert_eq!(
+            m.source().as_deref(),
+            Some(std::path::Path::new("/srv/data"))
+        );
+        assert_eq!(m.typ().as_deref(), Some("bind"));
+        assert_eq!(
+            m.options().as_deref(),
+            Some(&["rbind".to_string(), "rw".to_string()][..])
+        );
+        let m = parse_volume("/etc/hosts:/etc/hosts:ro").unwrap();
+        assert_eq!(
+            m.options().as_deref(),
+            Some(&["rbind".to_string(), "ro".to_string()][..])
+        );
+        for (bad, why) in [
+            ("data:/data", "host path must be absolute"),
+            ("/data:data", "container path must be absolute"),
+            ("/data:/", "cannot be /"),
+            ("/data:/d:rx", "mode must be ro or rw"),
+            ("/data", "expected HOST:CONTAINER"),
+            ("/a:/b:ro:x", "expected HOST:CONTAINER"),
+        ] {
+            let err = parse_volume(bad).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
+        }
+        let mut spec = build(&opts(&["true"])).unwrap();
+        add_volumes(&mut spec, &["/a:/a".into(), "/b:/b:ro".into()]).unwrap();
+        let dests: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .collect();
+        // After the spec's default mounts, in order.
+        assert_eq!(dests[dests.len() - 2..], ["/a", "/b"]);
     }
 
     #[test]

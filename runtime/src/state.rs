@@ -238,35 +238,45 @@ impl SandboxDir {
     }
 }
 
-/// Deletes a tree without crossing mount points (a leftover mount fails the removal
-/// instead of losing the mounted files).
+/// Deletes a tree without crossing mount points: a leftover mount (a container root, a
+/// volume, even a bind mount of the same filesystem) fails the removal instead of losing
+/// the mounted files. Mount points are told by their mount id where the kernel gives one,
+/// by their device otherwise.
 fn remove_tree_same_fs(path: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::MetadataExt;
-    let root_dev = match std::fs::symlink_metadata(path) {
-        Ok(m) => m.dev(),
+    let root = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io("Stat", path)(e)),
     };
-    fn walk(path: &Path, dev: u64) -> Result<(), StateError> {
+    let root_mount = crate::volumes::mount_id(path).ok();
+    fn refuse(path: &Path) -> StateError {
+        StateError::Io {
+            op: "Refuse to remove a mount point",
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        }
+    }
+    fn walk(path: &Path, dev: u64, mount: Option<u64>) -> Result<(), StateError> {
         let meta = std::fs::symlink_metadata(path).map_err(io("Stat", path))?;
+        let crossed = match mount {
+            Some(root) => crate::volumes::mount_id(path).map_err(io("Stat", path))? != root,
+            None => meta.dev() != dev,
+        };
+        if crossed {
+            return Err(refuse(path));
+        }
         if meta.is_dir() {
-            if meta.dev() != dev {
-                return Err(StateError::Io {
-                    op: "Refuse to remove a mount point",
-                    path: path.to_path_buf(),
-                    source: std::io::Error::from_raw_os_error(libc::EBUSY),
-                });
-            }
             for entry in std::fs::read_dir(path).map_err(io("Read directory", path))? {
                 let entry = entry.map_err(io("Read directory", path))?;
-                walk(&entry.path(), dev)?;
+                walk(&entry.path(), dev, mount)?;
             }
             std::fs::remove_dir(path).map_err(io("Remove", path))
         } else {
             std::fs::remove_file(path).map_err(io("Remove", path))
         }
     }
-    walk(path, root_dev)
+    walk(path, root.dev(), root_mount)
 }
 
 /// The owner's exclusive lock on a sandbox directory; released when dropped (or when the

@@ -69,6 +69,7 @@ fn sandbox_code(e: &SandboxError) -> Code {
         SandboxError::Config(_) => Code::INVALID_ARGUMENT,
         SandboxError::State(StateError::InvalidId(_)) => Code::INVALID_ARGUMENT,
         SandboxError::State(StateError::Exists(_)) => Code::ALREADY_EXISTS,
+        SandboxError::Volume(e) if e.is_invalid_argument() => Code::INVALID_ARGUMENT,
         SandboxError::Rootfs(
             RootfsError::Missing(_)
             | RootfsError::NotADirectory(_)
@@ -149,6 +150,27 @@ mod tests {
         assert_eq!(
             status_code(SandboxError::Rootfs(RootfsError::NoMounts).into()),
             Code::INVALID_ARGUMENT
+        );
+        use runv_runtime::volumes::VolumeError;
+        let refused = VolumeError::Refused {
+            index: 3,
+            destination: "/data".into(),
+            reason: "source /srv does not exist".into(),
+        };
+        assert_eq!(
+            status_code(SandboxError::Volume(refused).into()),
+            Code::INVALID_ARGUMENT
+        );
+        let host = VolumeError::Io {
+            index: 3,
+            destination: "/data".into(),
+            op: "Mount the volume at",
+            path: "/run/runv/p/shared/c/volumes/3".into(),
+            source: std::io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert_eq!(
+            status_code(SandboxError::Volume(host).into()),
+            Code::INTERNAL
         );
     }
 

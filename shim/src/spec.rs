@@ -65,8 +65,11 @@ fn namespace_for_guest(
 }
 
 /// The spec as the guest runs it: the root is the shared `rootfs` the agent is told about;
-/// namespaces are the guest's (see [`namespace_for_guest`]); bind mounts of host paths,
-/// hooks (host programs) and the host's cgroup path do not apply in the VM.
+/// namespaces are the guest's (see [`namespace_for_guest`]); hooks (host programs) and the
+/// host's cgroup path do not apply in the VM. Bind mounts of host paths stay: the runtime
+/// shares them with the guest and rewrites their sources as it creates the container
+/// (`runv_runtime::volumes`), which is also where the pod's `/dev/shm` bind gives way to
+/// the guest's own tmpfs.
 pub fn for_guest(mut spec: Spec, pod: Option<PodInit>) -> Result<Spec, ShimError> {
     if let Some(root) = spec.root_mut() {
         root.set_path("rootfs".into());
@@ -80,19 +83,6 @@ pub fn for_guest(mut spec: Spec, pod: Option<PodInit>) -> Result<Spec, ShimError
         }
         linux.set_namespaces(Some(namespaces));
         linux.set_cgroups_path(None);
-    }
-    if let Some(mounts) = spec.mounts().clone() {
-        let kept = mounts
-            .into_iter()
-            .filter(|m| {
-                let bind = m.typ().as_deref() == Some("bind")
-                    || m.options()
-                        .as_ref()
-                        .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
-                !bind
-            })
-            .collect();
-        spec.set_mounts(Some(kept));
     }
     spec.set_hooks(None);
     Ok(spec)
@@ -131,7 +121,7 @@ mod tests {
     }"#;
 
     #[test]
-    fn guest_spec_drops_what_only_the_host_has() {
+    fn guest_spec_drops_what_only_the_host_has_and_keeps_volumes() {
         let spec: Spec = serde_json::from_str(CONTAINERD_SPEC).unwrap();
         assert_eq!(sandbox_id(&spec).as_deref(), Some("pod1"));
         let spec = for_guest(spec, None).unwrap();
@@ -151,7 +141,8 @@ mod tests {
             .iter()
             .map(|m| m["destination"].as_str().unwrap())
             .collect();
-        assert_eq!(dest, ["/proc", "/dev"]);
+        // Host binds are the runtime's to share, not the shim's to drop.
+        assert_eq!(dest, ["/proc", "/etc/resolv.conf", "/dev"]);
         assert_eq!(json["process"]["args"], serde_json::json!(["uname", "-r"]));
     }
 

@@ -25,7 +25,7 @@ use runv_runtime::agent::AgentClient;
 use runv_runtime::config::Config;
 use runv_runtime::host_cgroup::HostCgroup;
 use runv_runtime::rootfs::{RootMount, RootfsSource};
-use runv_runtime::sandbox::{Sandbox, SandboxOptions};
+use runv_runtime::sandbox::{Sandbox, SandboxError, SandboxOptions};
 use tokio::sync::Mutex;
 
 use crate::container::{Container, Exit, Process, Status};
@@ -194,6 +194,8 @@ impl TaskService {
         }
         let host_spec = spec::load(std::path::Path::new(&req.bundle))?;
         let oci = spec::for_guest(host_spec.clone(), pod.pod_init())?;
+        // A volume that cannot be shared fails here, before a pod's VM boots for it.
+        runv_runtime::volumes::validate(&oci).map_err(SandboxError::from)?;
         let rootfs = rootfs_source(&req);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),

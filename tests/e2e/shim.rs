@@ -12,13 +12,9 @@ use runv_tests::*;
 const LIMIT: Duration = containerd::LIMIT;
 const RUNTIME: &str = containerd::RUNV_RUNTIME;
 const IMAGE: &str = containerd::BUSYBOX_IMAGE;
-const SHIM: &str = containerd::SHIM;
 
 fn ready() -> Option<Containerd> {
-    assert!(
-        Path::new(SHIM).exists(),
-        "{SHIM} does not exist: run `make install`"
-    );
+    containerd::shim_bin();
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: containerd needs root");
         return None;
@@ -159,7 +155,10 @@ fn kill_all_ends_the_task_with_137_and_a_killed_shim_leaves_nothing() {
 
 #[test]
 fn shim_prints_its_version() {
-    let out = Command::new(SHIM).arg("-v").output().expect("run the shim");
+    let out = Command::new(containerd::shim_bin())
+        .arg("-v")
+        .output()
+        .expect("run the shim");
     assert!(out.status.success());
     assert!(stdout(&out).contains(RUNTIME), "{}", stdout(&out));
 }
@@ -607,10 +606,7 @@ fn log_uris_file_and_binary() {
 
 #[test]
 fn pod_annotations_size_the_vm_where_the_config_allows() {
-    assert!(
-        Path::new(SHIM).exists(),
-        "{SHIM} does not exist: run `make install`"
-    );
+    containerd::shim_bin();
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: containerd needs root");
         return;

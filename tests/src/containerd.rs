@@ -16,6 +16,8 @@ pub const RUNV_RUNTIME: &str = "io.containerd.runv.v2";
 pub const BUSYBOX_IMAGE: &str = "runv.test/busybox:latest";
 /// The installed shim.
 pub const SHIM: &str = "/usr/local/bin/containerd-shim-runv-v2";
+/// The file name containerd looks the runv shim up by in its `PATH`.
+const SHIM_NAME: &str = "containerd-shim-runv-v2";
 /// The pause image (busybox sleeping until SIGTERM or SIGINT) `Containerd::start_cri`
 /// imports and gives the CRI plugin as its `sandbox_image`.
 pub const PAUSE_IMAGE: &str = "runv.test/busybox:pause";
@@ -29,6 +31,20 @@ pub const RUNC_HANDLER: &str = "runc";
 /// The pause image's entrypoint: the init of its PID namespace, which ignores a signal it
 /// has no handler for, so the traps are needed.
 const PAUSE_SCRIPT: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/// The shim under test: `RUNV_SHIM` if set (containerd then finds it first in its `PATH`),
+/// the installed [`SHIM`] otherwise.
+pub fn shim_bin() -> PathBuf {
+    let bin = std::env::var_os("RUNV_SHIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SHIM));
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `make install` first, or set RUNV_SHIM",
+        bin.display()
+    );
+    bin
+}
 
 /// The busybox root the install puts beside the guest.
 pub fn busybox_root() -> PathBuf {
@@ -146,6 +162,13 @@ impl Containerd {
         let config_path = config_file(root, &config);
         let log = std::fs::File::create(root.join("containerd.log")).expect("log file");
         let mut command = Command::new("containerd");
+        if std::env::var_os("RUNV_SHIM").is_some() {
+            let bin = root.join("bin");
+            std::fs::create_dir_all(&bin).expect("shim bin dir");
+            std::os::unix::fs::symlink(shim_bin(), bin.join(SHIM_NAME)).expect("link the shim");
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", bin.display()));
+        }
         if let Some(runv_toml) = runv_toml {
             let path = root.join("runv-config.toml");
             std::fs::write(&path, runv_toml).expect("write the runv config");

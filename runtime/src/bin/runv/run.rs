@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// User and group ids inside the container.
     #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
     user: Option<String>,
+    /// Bind-mount a host file or directory into the container, read-only with `:ro`
+    /// (repeatable; both paths absolute).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    volume: Vec<String>,
     /// vCPUs of the sandbox VM.
     #[arg(long, value_name = "N")]
     cpus: Option<u32>,
@@ -132,7 +136,9 @@ async fn run(args: RunArgs, config: Config) -> i32 {
         console_size,
         hostname: args.name.clone(),
     };
-    let spec = match spec::build(&opts) {
+    let spec = match spec::build(&opts)
+        .and_then(|mut spec| spec::add_volumes(&mut spec, &args.volume).map(|()| spec))
+    {
         Ok(spec) => spec,
         Err(e @ SpecError::NoCommand) => {
             eprintln!("runv: {e}");
@@ -149,6 +155,10 @@ async fn run(args: RunArgs, config: Config) -> i32 {
     };
     if let Some(Err(e)) = rootfs.dir().map(rootfs::validate) {
         eprintln!("runv: {e}");
+        return EXIT_RUNTIME_ERROR;
+    }
+    if let Err(e) = runv_runtime::volumes::validate(&spec) {
+        eprintln!("runv: {}", error_chain(&e));
         return EXIT_RUNTIME_ERROR;
     }
 
