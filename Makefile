@@ -18,7 +18,7 @@ CONTAINERD_RESTART ?=
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all install-deps build agent kernel initramfs rootfs install run demo test lint unit e2e aarch64-check bench bench-vmm clean
+.PHONY: all install-deps build agent kernel initramfs rootfs install run demo test lint unit runtimetest e2e aarch64-check bench bench-vmm clean
 
 all: build
 
@@ -71,7 +71,11 @@ aarch64-check:
 	rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 	$(CARGO) check --release -p runv-vmm --target aarch64-unknown-linux-gnu
 
-e2e:
+# The OCI matrix (tests/e2e/oci.rs) runs the static in-container checker.
+runtimetest:
+	$(CARGO) build --release -p runv-runtimetest --target $(MUSL_TARGET)
+
+e2e: runtimetest
 	$(CARGO) test --release -p runv-tests -- --test-threads=$(E2E_THREADS)
 
 test: install-deps install lint unit aarch64-check e2e

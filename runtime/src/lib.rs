@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod bundle;
 pub mod config;
 pub mod host;
 pub mod host_cgroup;

@@ -88,10 +88,19 @@ fn task_pid() -> u32 {
     std::process::id()
 }
 
-fn rootfs_source(req: &CreateTaskRequest) -> RootfsSource {
+fn rootfs_source(req: &CreateTaskRequest, spec: &oci_spec::runtime::Spec) -> RootfsSource {
     if req.rootfs.is_empty() {
-        // The bundle's root is ready-made (containerd mounted it itself).
-        return RootfsSource::Bind(std::path::Path::new(&req.bundle).join("rootfs"));
+        // No mounts: the root is ready-made at the spec's root.path (relative to the bundle
+        // unless absolute, as `ctr run --config` gives it), by default the bundle's rootfs
+        // (which containerd mounted itself).
+        let bundle = std::path::Path::new(&req.bundle);
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| "rootfs".into());
+        return RootfsSource::Bind(bundle.join(root));
     }
     RootfsSource::Mounts(
         req.rootfs
@@ -196,7 +205,7 @@ impl TaskService {
         let oci = spec::for_guest(host_spec.clone(), pod.pod_init())?;
         // A volume that cannot be shared fails here, before a pod's VM boots for it.
         runv_runtime::volumes::validate(&oci).map_err(SandboxError::from)?;
-        let rootfs = rootfs_source(&req);
+        let rootfs = rootfs_source(&req, &host_spec);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use oci_spec::runtime::Spec;
 use runv_runtime::agent::AgentClient;
+use runv_runtime::bundle;
 use runv_runtime::config::{Config, HypervisorKind};
 use runv_runtime::rootfs::{self, RootfsSource};
 use runv_runtime::sandbox::{Sandbox, SandboxError, SandboxOptions};
@@ -57,6 +59,11 @@ pub struct RunArgs {
     /// Sandbox id (default: random); also the container id and hostname.
     #[arg(long, value_name = "ID")]
     name: Option<String>,
+    /// Run the container an OCI bundle describes: DIR/config.json and its root.path
+    /// (relative to DIR unless absolute). The process comes from the spec, so a command,
+    /// --rootfs, -e, -w, -u and -t are refused with it.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
     /// Write the phase timings of this run as JSON to FILE.
     #[arg(long, value_name = "FILE", hide = true)]
     timings: Option<PathBuf>,
@@ -120,8 +127,94 @@ struct RunTimings {
     teardown_done: Option<Duration>,
 }
 
+/// The options that describe the process, which a bundle's spec describes instead.
+fn bundle_conflicts(args: &RunArgs) -> Vec<&'static str> {
+    let mut conflicts = Vec::new();
+    if !args.command.is_empty() {
+        conflicts.push("a command");
+    }
+    if args.rootfs.is_some() {
+        conflicts.push("--rootfs");
+    }
+    if !args.env.is_empty() {
+        conflicts.push("-e/--env");
+    }
+    if args.workdir.is_some() {
+        conflicts.push("-w/--workdir");
+    }
+    if args.user.is_some() {
+        conflicts.push("-u/--user");
+    }
+    if args.tty {
+        conflicts.push("-t/--tty");
+    }
+    conflicts
+}
+
+/// The spec and root of a bundle run: everything from DIR/config.json, nothing added but
+/// the terminal's size.
+fn bundle_spec(dir: &std::path::Path, args: &RunArgs) -> Result<(Spec, RootfsSource), String> {
+    let conflicts = bundle_conflicts(args);
+    if !conflicts.is_empty() {
+        return Err(format!(
+            "--bundle takes the process and root from {}: drop {}",
+            dir.join("config.json").display(),
+            conflicts.join(", ")
+        ));
+    }
+    let loaded = bundle::load(dir).map_err(|e| error_chain(&e))?;
+    rootfs::validate(&loaded.rootfs)
+        .map_err(|e| format!("{}: root.path: {e}", dir.join("config.json").display()))?;
+    let mut spec = loaded.spec;
+    if let Some(process) = spec.process_mut() {
+        if process.terminal() == Some(true) && process.console_size().is_none() {
+            if let Some((rows, cols)) = tty::local_window_size() {
+                let size = oci_spec::runtime::BoxBuilder::default()
+                    .height(u32::from(rows))
+                    .width(u32::from(cols))
+                    .build()
+                    .map_err(|e| format!("process.consoleSize: {e}"))?;
+                process.set_console_size(Some(size));
+            }
+        }
+    }
+    Ok((spec, RootfsSource::Bind(loaded.rootfs)))
+}
+
 async fn run(args: RunArgs, config: Config) -> i32 {
     let start = Instant::now();
+    let (mut spec, rootfs) = match &args.bundle {
+        Some(dir) => match bundle_spec(dir, &args) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("runv: {e}");
+                return EXIT_RUNTIME_ERROR;
+            }
+        },
+        None => match command_line_spec(&args, &config) {
+            Ok(built) => built,
+            Err(code) => return code,
+        },
+    };
+    // Volumes are checked before any VM starts: a bad one fails here, naming it.
+    if let Err(e) = spec::add_volumes(&mut spec, &args.volume) {
+        eprintln!("runv: {}", error_chain(&e));
+        return EXIT_RUNTIME_ERROR;
+    }
+    if let Err(e) = runv_runtime::volumes::validate(&spec) {
+        eprintln!("runv: {}", error_chain(&e));
+        return EXIT_RUNTIME_ERROR;
+    }
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    run_spec(args, config, spec, rootfs, terminal, start).await
+}
+
+/// The spec and root `runv run` makes from its options; the exit status on an error.
+fn command_line_spec(args: &RunArgs, config: &Config) -> Result<(Spec, RootfsSource), i32> {
     let console_size = if args.tty {
         tty::local_window_size()
     } else {
@@ -136,17 +229,15 @@ async fn run(args: RunArgs, config: Config) -> i32 {
         console_size,
         hostname: args.name.clone(),
     };
-    let spec = match spec::build(&opts)
-        .and_then(|mut spec| spec::add_volumes(&mut spec, &args.volume).map(|()| spec))
-    {
+    let spec = match spec::build(&opts) {
         Ok(spec) => spec,
         Err(e @ SpecError::NoCommand) => {
             eprintln!("runv: {e}");
-            return EXIT_NOT_FOUND;
+            return Err(EXIT_NOT_FOUND);
         }
         Err(e) => {
             eprintln!("runv: {}", error_chain(&e));
-            return EXIT_RUNTIME_ERROR;
+            return Err(EXIT_RUNTIME_ERROR);
         }
     };
     let rootfs = match &args.rootfs {
@@ -155,13 +246,20 @@ async fn run(args: RunArgs, config: Config) -> i32 {
     };
     if let Some(Err(e)) = rootfs.dir().map(rootfs::validate) {
         eprintln!("runv: {e}");
-        return EXIT_RUNTIME_ERROR;
+        return Err(EXIT_RUNTIME_ERROR);
     }
-    if let Err(e) = runv_runtime::volumes::validate(&spec) {
-        eprintln!("runv: {}", error_chain(&e));
-        return EXIT_RUNTIME_ERROR;
-    }
+    Ok((spec, rootfs))
+}
 
+/// Boots the sandbox, runs the container of `spec` in it to its end, tears down.
+async fn run_spec(
+    args: RunArgs,
+    config: Config,
+    spec: Spec,
+    rootfs: RootfsSource,
+    terminal: bool,
+    start: Instant,
+) -> i32 {
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -201,6 +299,7 @@ async fn run(args: RunArgs, config: Config) -> i32 {
     let code = run_container(
         &mut sandbox,
         &args,
+        terminal,
         &rootfs,
         &spec,
         &mut signals,
@@ -232,11 +331,13 @@ fn container_error_code(e: &SandboxError) -> i32 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_container(
     sandbox: &mut Sandbox,
     args: &RunArgs,
+    terminal: bool,
     rootfs: &RootfsSource,
-    spec: &oci_spec::runtime::Spec,
+    spec: &Spec,
     signals: &mut Signals,
     start: Instant,
     timings: &mut RunTimings,
@@ -263,7 +364,7 @@ async fn run_container(
         false,
         tokio::io::stdout(),
     ));
-    let stderr = (!args.tty).then(|| {
+    let stderr = (!terminal).then(|| {
         tokio::spawn(runv_runtime::stdio::copy_output(
             agent.clone(),
             cid.clone(),
@@ -272,7 +373,7 @@ async fn run_container(
             tokio::io::stderr(),
         ))
     });
-    let raw_mode = if args.tty {
+    let raw_mode = if terminal {
         tty::RawMode::enable()
     } else {
         None
