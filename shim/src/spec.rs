@@ -154,6 +154,7 @@ mod tests {
                 {"type": "ipc", "path": "/proc/4242/ns/ipc"},
                 {"type": "uts", "path": "/proc/4242/ns/uts"},
                 {"type": "mount"},
+                {"type": "user", "path": "/proc/4242/ns/user"},
                 {"type": "network", "path": "/proc/4242/ns/net"}]"#,
         )
         .unwrap();
@@ -173,7 +174,8 @@ mod tests {
                 {"type": "pid", "path": "/proc/57/ns/pid"},
                 {"type": "ipc", "path": "/proc/57/ns/ipc"},
                 {"type": "uts", "path": "/proc/57/ns/uts"},
-                {"type": "mount"}
+                {"type": "mount"},
+                {"type": "user", "path": "/proc/57/ns/user"}
             ])
         );
         // Another process's namespace on the host cannot be joined.
