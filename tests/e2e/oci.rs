@@ -4,9 +4,6 @@
 //! spec. Each case runs with `runv run --bundle`, through containerd with the runv shim, and
 //! through containerd with runc as the reference: a check that fails under runc is a bug of
 //! the checker, not of runv.
-//!
-//! `PENDING` holds the cases of features not in runv yet; their runv tests are ignored until
-//! those features land (`cargo test --test oci -- --ignored`), while runc runs them all.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,11 +81,6 @@ const CASES: &[Case] = &[
         name: "no-cgroup-namespace",
         change: no_cgroup_namespace,
     },
-];
-
-/// The cases of features being added to runv: enable them (move them to `CASES`) once
-/// they are in.
-const PENDING: &[Case] = &[
     Case {
         name: "domainname",
         change: domainname,
@@ -606,11 +598,11 @@ fn containerd_runv() {
 /// prefix. runc sets the domainname only from 1.2 on.
 const REFERENCE_GAPS: &[(&str, &str)] = &[("domainname", "not ok domainname:")];
 
-/// The reference: runc through containerd passes every case, pending ones included, so a
+/// The reference: runc through containerd passes every case, so a
 /// check that fails here is a bug of the checker (apart from `REFERENCE_GAPS`).
 #[test]
 fn runc_reference() {
-    let all: Vec<&Case> = CASES.iter().chain(PENDING).collect();
+    let all: Vec<&Case> = CASES.iter().collect();
     let failures: Vec<String> = {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("skipped: the matrix needs root");
@@ -639,15 +631,3 @@ fn runc_reference() {
 }
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
-
-#[test]
-#[ignore = "needs seccomp, user namespaces, devices, volumes and more cgroup limits in runv"]
-fn runv_run_bundle_pending() {
-    matrix(Runner::RunvBundle, PENDING);
-}
-
-#[test]
-#[ignore = "needs seccomp, user namespaces, devices, volumes and more cgroup limits in runv"]
-fn containerd_runv_pending() {
-    matrix(Runner::Containerd(containerd::RUNV_RUNTIME), PENDING);
-}
