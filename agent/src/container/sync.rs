@@ -36,6 +36,10 @@ pub struct InitConfig {
     pub unshare: libc::c_int,
     /// Unshare a new cgroup namespace.
     pub new_cgroup: bool,
+    /// The container's cgroup directory in the agent's mount namespace: bound at a cgroup
+    /// mount where mounting cgroup2 is refused (in a user namespace).
+    #[serde(default)]
+    pub cgroup_dir: Option<PathBuf>,
 }
 
 /// What an exec process needs: the namespaces to join and the process to run.
@@ -187,6 +191,16 @@ impl FrameBuffer {
         self.bytes.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
+
+    /// Reads more bytes with read(2), without ancillary data: what the init and exec
+    /// processes use, since the agent never sends them fds and their seccomp filter may
+    /// already be loaded (every profile allows read, not necessarily recvmsg).
+    pub fn receive_plain(&mut self, fd: RawFd) -> Result<usize, Errno> {
+        let mut chunk = [0u8; 8192];
+        let n = nix::unistd::read(fd, &mut chunk)?;
+        self.bytes.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
 }
 
 /// Sends a whole frame on a blocking socket, with `fd` attached to its first byte.
@@ -197,6 +211,20 @@ pub fn send_blocking<T: Serialize>(
 ) -> Result<(), SyncError> {
     let frame = encode(msg)?;
     let mut sent = 0;
+    if fd.is_none() {
+        // Plain write(2): the container's seccomp filter may already be loaded, and every
+        // profile a process can live with allows it (not necessarily sendmsg).
+        while sent < frame.len() {
+            // SAFETY: `sock` is an fd the caller owns and keeps open across the call.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) };
+            match nix::unistd::write(borrowed, &frame[sent..]) {
+                Ok(n) => sent += n,
+                Err(Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        return Ok(());
+    }
     while sent < frame.len() {
         let fds = fd.filter(|_| sent == 0).map(|f| [f]);
         let cmsgs: Vec<ControlMessage<'_>> = fds
@@ -213,7 +241,8 @@ pub fn send_blocking<T: Serialize>(
     Ok(())
 }
 
-/// Reads the next frame from a blocking socket; `None` at end of stream.
+/// Reads the next frame from a blocking socket with plain reads (no fds travel this way);
+/// `None` at end of stream.
 pub fn recv_blocking<T: for<'de> Deserialize<'de>>(
     sock: &impl AsRawFd,
     buf: &mut FrameBuffer,
@@ -222,7 +251,7 @@ pub fn recv_blocking<T: for<'de> Deserialize<'de>>(
         if let Some(msg) = buf.next()? {
             return Ok(Some(msg));
         }
-        match buf.receive(sock.as_raw_fd()) {
+        match buf.receive_plain(sock.as_raw_fd()) {
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(Errno::EINTR) => {}
@@ -251,6 +280,10 @@ mod tests {
         send_blocking(a.as_raw_fd(), &FromInit::Failed(failure.clone()), None).unwrap();
         drop(a);
         let mut buf = FrameBuffer::default();
+        // The agent's side takes fds with recvmsg; the first frame carries one.
+        while buf.fds.is_empty() {
+            assert!(buf.receive(b.as_raw_fd()).unwrap() > 0);
+        }
         assert!(matches!(
             recv_blocking(&b, &mut buf).unwrap(),
             Some(FromInit::Pty)
