@@ -156,6 +156,7 @@ async fn create_in_cgroup(
             join: plan.join,
             unshare: plan.unshare.bits(),
             new_cgroup: plan.new_cgroup,
+            cgroup_dir: Some(cgroup.path().to_path_buf()),
         };
         let sync_err = |source| AgentError::Sync {
             id: id.clone(),

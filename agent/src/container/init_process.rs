@@ -147,7 +147,7 @@ fn prepare(config: &InitConfig, warnings: &mut Vec<String>) -> Result<Prepared, 
     mounts::prepare_root(rootfs)?;
     let spec_mounts = spec.mounts().clone().unwrap_or_default();
     for m in mounts::mount_plan(&spec_mounts) {
-        mounts::mount_entry(rootfs, &m)?;
+        mounts::mount_entry(rootfs, &m, config.cgroup_dir.as_deref())?;
     }
     if let Some(devices) = spec.linux().as_ref().and_then(|l| l.devices().as_ref()) {
         devices::create_spec_devices(rootfs, devices)?;

@@ -265,7 +265,9 @@ pub fn prepare_root(rootfs: &Path) -> Result<(), InitFailure> {
 }
 
 /// Mounts one entry under `rootfs`.
-pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), InitFailure> {
+/// `cgroup_dir` is the container's own cgroup, bound at a cgroup mount where mounting
+/// cgroup2 is refused.
+pub fn mount_entry(rootfs: &Path, m: &Mount, cgroup_dir: Option<&Path>) -> Result<(), InitFailure> {
     let dest = secure_join(rootfs, m.destination());
     let name = m.destination().display();
     let options = parse_options(m.options().as_deref().unwrap_or_default());
@@ -301,6 +303,21 @@ pub fn mount_entry(rootfs: &Path, m: &Mount) -> Result<(), InitFailure> {
         let data = (!options.data.is_empty()).then_some(options.data.as_str());
         match mount(Some(&source), &dest, Some(typ), options.flags, data) {
             Ok(()) => {}
+            // cgroup2 also answers EBUSY in a user namespace whose cgroup namespace
+            // root differs from an existing superblock's; the container's own cgroup
+            // directory is what it would have shown.
+            Err(Errno::EPERM | Errno::EBUSY) if typ == "cgroup2" => {
+                match cgroup_dir {
+                    Some(dir) => bind_with_flags(dir, &dest, &options),
+                    None => bind_existing(typ, &dest, &options),
+                }
+                .map_err(|e| {
+                    failure(
+                        format!("mount {typ} on {name} (refused in the user namespace, so bound)"),
+                        e,
+                    )
+                })?;
+            }
             Err(Errno::EPERM) if BINDABLE_INSTEAD.contains(&typ) => {
                 bind_existing(typ, &dest, &options).map_err(|e| {
                     failure(
@@ -344,8 +361,14 @@ fn bind_existing(fstype: &str, dest: &Path, options: &MountOptions) -> Result<()
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     let source = mount_point_of(&mountinfo, fstype).ok_or(Errno::EPERM)?;
+    bind_with_flags(&source, dest, options)
+}
+
+/// Binds `source` (recursively) on `dest` with the mount's restricting flags (ro, nosuid,
+/// nodev, noexec) on it and everything under it.
+fn bind_with_flags(source: &Path, dest: &Path, options: &MountOptions) -> Result<(), Errno> {
     mount(
-        Some(&source),
+        Some(source),
         dest,
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
