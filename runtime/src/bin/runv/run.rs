@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use runv_runtime::agent::AgentClient;
+use runv_runtime::block_rootfs::BootContainer;
 use runv_runtime::config::{Config, HypervisorKind};
 use runv_runtime::rootfs::{self, RootfsSource};
 use runv_runtime::sandbox::{Sandbox, SandboxError, SandboxOptions};
@@ -164,6 +165,10 @@ async fn run(args: RunArgs, config: Config) -> i32 {
         hypervisor: args.hypervisor,
         vcpus: args.cpus,
         memory_mib: args.memory,
+        first_container: Some(BootContainer {
+            id: None,
+            rootfs: rootfs.clone(),
+        }),
     };
     // A signal while the VM boots drops the half-made sandbox, which cleans itself up.
     let create = Sandbox::create(&config, opts);
