@@ -2,8 +2,8 @@
 //! mounted read-only, and covered by a writable overlay whose upper and work directories
 //! live on a tmpfs, so the container's writes stay in guest memory and go with it.
 //!
-//! Layout under `<base>/<container id>/`: `disk` (the device node, made from sysfs so no
-//! devtmpfs is needed), `image` (the read-only filesystem), `rw` (the tmpfs with `upper` and
+//! Layout under `<base>/<container id>/`: `disk` (a device node made from sysfs, when
+//! devtmpfs has none), `image` (the read-only filesystem), `rw` (the tmpfs with `upper` and
 //! `work`) and `root` (the overlay the container gets).
 
 use std::path::{Path, PathBuf};
@@ -116,15 +116,22 @@ impl BlockRoot {
             std::fs::create_dir_all(root.dir.join(sub))
                 .map_err(|e| root.io(&format!("create {}", root.dir.join(sub).display()), &e))?;
         }
-        let node = root.dir.join("disk");
-        mknod(
-            &node,
-            SFlag::S_IFBLK,
-            Mode::from_bits_truncate(0o600),
-            makedev(major, minor),
-        )
-        .map_err(|e| root.err(format!("create device node {}", node.display()), e))?;
-
+        // The guest's devtmpfs node if there is one; else a node of our own (which needs a
+        // filesystem mounted without nodev).
+        let devtmpfs_node = Path::new("/dev").join(&device);
+        let node = if sys_block == Path::new(SYS_BLOCK) && devtmpfs_node.exists() {
+            devtmpfs_node
+        } else {
+            let node = root.dir.join("disk");
+            mknod(
+                &node,
+                SFlag::S_IFBLK,
+                Mode::from_bits_truncate(0o600),
+                makedev(major, minor),
+            )
+            .map_err(|e| root.err(format!("create device node {}", node.display()), e))?;
+            node
+        };
         let image = root.dir.join("image");
         root.mount_at(
             Some(node.as_path()),
