@@ -9,6 +9,8 @@ APT_PACKAGES=(
     cpio xz-utils kmod
     # default container rootfs
     busybox-static
+    # read-only container root images for `[runtime] rootfs = "block"` (mkfs.erofs)
+    erofs-utils
     # virtiofsd's build needs these
     libseccomp-dev libcap-ng-dev
     # static runv-agent

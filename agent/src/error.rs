@@ -5,6 +5,7 @@
 
 use ttrpc::Code;
 
+use crate::container::block_rootfs::BlockRootError;
 use crate::container::cgroup::CgroupError;
 use crate::container::spec::SpecError;
 use crate::container::stdio::StdioError;
@@ -45,6 +46,8 @@ pub enum AgentError {
     Sync { id: String, source: SyncError },
     #[error("container {id:?}: {source}")]
     Stdio { id: String, source: StdioError },
+    #[error(transparent)]
+    BlockRoot(#[from] crate::container::block_rootfs::BlockRootError),
     #[error("{what}: {source}")]
     Os {
         what: String,
@@ -73,6 +76,11 @@ impl AgentError {
                 source: CgroupError::Invalid(_),
                 ..
             } => Code::INVALID_ARGUMENT,
+            Self::BlockRoot(err) => match err {
+                BlockRootError::FsType(_) | BlockRootError::Serial(_) => Code::INVALID_ARGUMENT,
+                BlockRootError::NotFound { .. } => Code::NOT_FOUND,
+                BlockRootError::Os { .. } => Code::INTERNAL,
+            },
             Self::Cgroup { .. } | Self::Sync { .. } | Self::Os { .. } => Code::INTERNAL,
         }
     }

@@ -20,7 +20,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::container::stdio::Output;
 use crate::error::AgentError;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{BlockRequest, Sandbox};
 
 /// How often GetOomEvent looks at the containers' OOM kill counts.
 const OOM_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -120,9 +120,23 @@ impl agent_ttrpc::Agent for AgentService {
             .as_ref()
             .map(|r| (r.path.as_str(), r.readonly))
             .unwrap_or(("", false));
+        let block = req
+            .rootfs
+            .as_ref()
+            .filter(|r| !r.block_serial.is_empty() || !r.block_fs_type.is_empty())
+            .map(|r| BlockRequest {
+                serial: r.block_serial.clone(),
+                fs_type: r.block_fs_type.clone(),
+            });
         let result = self
             .sandbox
-            .create_container(req.container_id.clone(), &req.oci_spec_json, path, readonly)
+            .create_container(
+                req.container_id.clone(),
+                &req.oci_spec_json,
+                path,
+                readonly,
+                block,
+            )
             .await;
         reply(
             "CreateContainer",

@@ -2,13 +2,14 @@
 //! translation onto the methods here.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use tokio::sync::Notify;
 
+use crate::container::block_rootfs::{self, BlockRoot};
 use crate::container::cgroup::CgroupManager;
 use crate::container::create::{self, CreateRequest};
 use crate::container::{spec, Container, Process};
@@ -29,11 +30,20 @@ struct SandboxSetup {
     shared_fs: Option<PathBuf>,
 }
 
+/// A root on a read-only virtio-blk disk, as CreateContainer names it.
+#[derive(Debug, Clone)]
+pub struct BlockRequest {
+    pub serial: String,
+    pub fs_type: String,
+}
+
 #[derive(Default)]
 struct Containers {
     running: HashMap<String, Arc<Container>>,
     /// Ids whose CreateContainer is under way.
     creating: HashSet<String>,
+    /// The block roots of containers that have one.
+    block_roots: HashMap<String, BlockRoot>,
 }
 
 /// Everything the RPCs act on.
@@ -152,12 +162,22 @@ impl Sandbox {
         spec_json: &str,
         rootfs_path: &str,
         rootfs_readonly: bool,
+        block: Option<BlockRequest>,
     ) -> Result<(), AgentError> {
         self.wait_system_ready().await;
         spec::check_container_id(&container_id)?;
         let spec = spec::parse(spec_json)?;
-        let (rootfs, readonly_root) = spec::rootfs(rootfs_path, rootfs_readonly, &spec)?;
-        if !rootfs.is_dir() {
+        let block_base = PathBuf::from(block_rootfs::BLOCK_ROOT_BASE);
+        let rootfs_path = match &block {
+            Some(b) => {
+                block_rootfs::validate(&b.serial, &b.fs_type)?;
+                block_rootfs::root_path(&block_base, &container_id)
+            }
+            None => PathBuf::from(rootfs_path),
+        };
+        let (rootfs, readonly_root) =
+            spec::rootfs(&rootfs_path.to_string_lossy(), rootfs_readonly, &spec)?;
+        if block.is_none() && !rootfs.is_dir() {
             return Err(AgentError::RootfsMissing(rootfs.display().to_string()));
         }
         {
@@ -171,22 +191,37 @@ impl Sandbox {
         let this = Arc::clone(self);
         let task = tokio::spawn(async move {
             let id = container_id.clone();
-            let result = match this.cgroup_manager() {
-                Ok(cgroups) => {
-                    let req = CreateRequest {
-                        container_id,
-                        spec,
-                        rootfs,
-                        readonly_root,
-                    };
-                    create::create(&this.reaper, &cgroups, req).await
-                }
-                Err(err) => Err(err),
-            };
+            // Mounted inside the task, so it comes off again whatever happens to the request:
+            // on a failed create it drops here, which unmounts it.
+            let result = async {
+                let block_root = match block {
+                    Some(b) => Some(BlockRoot::mount(
+                        Path::new(block_rootfs::SYS_BLOCK),
+                        &block_base,
+                        &container_id,
+                        &b.serial,
+                        &b.fs_type,
+                    )?),
+                    None => None,
+                };
+                let cgroups = this.cgroup_manager()?;
+                let req = CreateRequest {
+                    container_id,
+                    spec,
+                    rootfs,
+                    readonly_root,
+                };
+                let container = create::create(&this.reaper, &cgroups, req).await?;
+                Ok::<_, AgentError>((container, block_root))
+            }
+            .await;
             let mut containers = this.lock_containers();
             containers.creating.remove(&id);
-            let container = result?;
+            let (container, block_root) = result?;
             tracing::info!(container = %id, pid = container.pid.as_raw(), "container created");
+            if let Some(block_root) = block_root {
+                containers.block_roots.insert(id.clone(), block_root);
+            }
             containers.running.insert(id, Arc::new(container));
             Ok(())
         });
@@ -255,11 +290,18 @@ impl Sandbox {
     pub async fn remove_container(&self, id: &str, grace: Duration) -> Result<(), AgentError> {
         let container = self.container(id)?;
         container.destroy(grace).await?;
-        let mut containers = self.lock_containers();
-        if let Some(current) = containers.running.get(id) {
-            if Arc::ptr_eq(current, &container) {
-                containers.running.remove(id);
+        let block_root = {
+            let mut containers = self.lock_containers();
+            match containers.running.get(id) {
+                Some(current) if Arc::ptr_eq(current, &container) => {
+                    containers.running.remove(id);
+                    containers.block_roots.remove(id)
+                }
+                _ => None,
             }
+        };
+        if let Some(mut block_root) = block_root {
+            block_root.unmount()?;
         }
         tracing::info!(container = %id, "container removed");
         Ok(())
@@ -267,15 +309,21 @@ impl Sandbox {
 
     /// Kills and removes every container.
     pub async fn remove_all(&self) {
-        let all: Vec<Arc<Container>> = self
-            .lock_containers()
-            .running
-            .drain()
-            .map(|(_, c)| c)
-            .collect();
+        let (all, block_roots): (Vec<Arc<Container>>, Vec<BlockRoot>) = {
+            let mut containers = self.lock_containers();
+            (
+                containers.running.drain().map(|(_, c)| c).collect(),
+                containers.block_roots.drain().map(|(_, b)| b).collect(),
+            )
+        };
         for container in all {
             if let Err(err) = container.destroy(Duration::ZERO).await {
                 tracing::warn!(container = %container.id, %err, "removal at shutdown");
+            }
+        }
+        for mut block_root in block_roots {
+            if let Err(err) = block_root.unmount() {
+                tracing::warn!(%err, "block rootfs at shutdown");
             }
         }
     }

@@ -93,6 +93,29 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// How a container's root reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsMode {
+    /// The host mounts the root into the sandbox's shared directory; the guest sees it over
+    /// virtio-fs.
+    #[default]
+    Virtiofs,
+    /// The image's read-only layers become an erofs image on a read-only virtio-blk disk; the
+    /// guest puts a writable overlay (in guest memory) on top. Only for containers known when
+    /// the VM boots; the others fall back to virtio-fs.
+    Block,
+}
+
+impl std::fmt::Display for RootfsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Virtiofs => "virtiofs",
+            Self::Block => "block",
+        })
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -206,6 +229,12 @@ pub struct RuntimeConfig {
     /// Pod annotations that may change a sandbox (`io.runv.vcpus`, `io.runv.memory_mib`);
     /// a trailing `*` allows every name with that prefix. Empty: none may.
     pub allowed_annotations: Vec<String>,
+    /// How container roots reach the guest: `virtiofs` or `block`.
+    pub rootfs: RootfsMode,
+    /// Where `block` keeps its read-only root images, reused across sandboxes.
+    pub rootfs_cache_dir: PathBuf,
+    /// Size the image cache is trimmed to (least recently used first), MiB.
+    pub rootfs_cache_max_mib: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -218,6 +247,9 @@ impl Default for RuntimeConfig {
             shutdown_timeout_ms: 3_000,
             guest_log_level: "warn".to_string(),
             allowed_annotations: Vec::new(),
+            rootfs: RootfsMode::Virtiofs,
+            rootfs_cache_dir: PathBuf::from("/var/cache/runv/rootfs"),
+            rootfs_cache_max_mib: 4096,
         }
     }
 }
@@ -384,6 +416,15 @@ mod tests {
             Ok(HypervisorKind::Builtin)
         );
         assert!("xen".parse::<HypervisorKind>().is_err());
+    }
+
+    #[test]
+    fn rootfs_mode_parses_and_rejects_unknown_values() {
+        assert_eq!(Config::default().runtime.rootfs, RootfsMode::Virtiofs);
+        let config: Config = toml::from_str("[runtime]\nrootfs = \"block\"\n").unwrap();
+        assert_eq!(config.runtime.rootfs, RootfsMode::Block);
+        let err = toml::from_str::<Config>("[runtime]\nrootfs = \"nfs\"\n").unwrap_err();
+        assert!(err.to_string().contains("nfs"), "{err}");
     }
 
     #[test]

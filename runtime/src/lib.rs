@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod block_rootfs;
 pub mod bundle;
 pub mod config;
 pub mod host;

@@ -12,6 +12,7 @@ use runv_agent_protocol::agent as pb;
 use serde::Serialize;
 
 use crate::agent::{AgentClient, AgentError, ReadyListener};
+use crate::block_rootfs::{BlockRootfsError, BlockRoots, BootContainer};
 use crate::config::{validate_vm_size, Config, ConfigError, HypervisorKind};
 use crate::host::{self, Choice, ChoiceError};
 use crate::hypervisor::{Builtin, Hypervisor, HypervisorError, Qemu, VmSpec};
@@ -50,6 +51,9 @@ pub enum SandboxError {
     /// A volume cannot be shared or could not be mounted.
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// The container root image could not be built.
+    #[error(transparent)]
+    BlockRootfs(#[from] BlockRootfsError),
     /// The VM ended while runv was waiting for its agent.
     #[error("The sandbox VM stopped before its agent answered: {reason}\nGuest console ({console}):\n{console_tail}")]
     VmDied {
@@ -93,6 +97,9 @@ pub struct SandboxOptions {
     pub vcpus: Option<u32>,
     /// Guest memory, MiB.
     pub memory_mib: Option<u32>,
+    /// The container that will be created first, so that with `[runtime] rootfs = "block"`
+    /// its root can be a disk the VM boots with.
+    pub first_container: Option<BootContainer>,
 }
 
 /// When each phase of a sandbox's life ended, as offsets from its creation.
@@ -120,6 +127,7 @@ pub struct Sandbox {
     agent: Option<AgentClient>,
     rootfs: BTreeMap<String, MountedRootfs>,
     volumes: BTreeMap<String, Volumes>,
+    block: BlockRoots,
     shared: Option<SharedDir>,
     created: Instant,
     timings: Timings,
@@ -193,12 +201,13 @@ impl Sandbox {
             agent: None,
             rootfs: BTreeMap::new(),
             volumes: BTreeMap::new(),
+            block: BlockRoots::default(),
             shared: None,
             created,
             timings: Timings::default(),
             down: false,
         };
-        match sandbox.boot().await {
+        match sandbox.boot(opts.first_container).await {
             Ok(()) => Ok(sandbox),
             Err(e) => {
                 sandbox.teardown(true).await;
@@ -207,8 +216,11 @@ impl Sandbox {
         }
     }
 
-    async fn boot(&mut self) -> Result<(), SandboxError> {
+    async fn boot(&mut self, first: Option<BootContainer>) -> Result<(), SandboxError> {
         self.dir.save(&self.state)?;
+        let image_scratch = self.dir.path().join("scratch").join(".image");
+        self.block =
+            BlockRoots::prepare(&self.config, &self.state.id, first, image_scratch).await?;
         let shared = self.dir.shared();
         self.shared = Some(SharedDir::prepare(&shared)?);
         let vm = VmSpec {
@@ -221,6 +233,7 @@ impl Sandbox {
             cmdline: kernel_cmdline(&self.config),
             shared_dir: shared,
             fs_tag: SHARED_FS_TAG.to_string(),
+            disks: self.block.disks().to_vec(),
         };
         // Listening for the agent's readiness notification before the VM exists: it can
         // not come too early.
@@ -348,15 +361,29 @@ impl Sandbox {
         spec: &oci_spec::runtime::Spec,
     ) -> Result<(), SandboxError> {
         validate_id(id)?;
-        if self.rootfs.contains_key(id) {
+        if self.rootfs.contains_key(id) || self.block.in_use(id) {
             return Err(SandboxError::ContainerExists(id.to_string()));
         }
         let agent = self.agent()?.clone();
         crate::volumes::validate(spec)?;
-        let target = self.dir.shared().join(id).join("rootfs");
-        let scratch = self.dir.path().join("scratch").join(id);
-        let mounted = MountedRootfs::mount(rootfs, &target, &scratch)?;
-        self.rootfs.insert(id.to_string(), mounted);
+        let mut root = pb::Rootfs {
+            readonly: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+            ..Default::default()
+        };
+        if let Some(block) = self.block.take(&self.state.id, id, rootfs) {
+            root.block_serial = block.serial;
+            root.block_fs_type = block.fs_type.to_string();
+        } else {
+            let target = self.dir.shared().join(id).join("rootfs");
+            let scratch = self.dir.path().join("scratch").join(id);
+            let mounted = MountedRootfs::mount(rootfs, &target, &scratch)?;
+            self.rootfs.insert(id.to_string(), mounted);
+            root.path = format!("{GUEST_SHARED_DIR}/{id}/rootfs");
+        }
         let guest_spec = match Volumes::share(spec, &self.dir.shared(), id, GUEST_SHARED_DIR) {
             Ok((volumes, guest_spec)) => {
                 self.volumes.insert(id.to_string(), volumes);
@@ -381,15 +408,7 @@ impl Sandbox {
         let req = pb::CreateContainerRequest {
             container_id: id.to_string(),
             oci_spec_json: spec_json,
-            rootfs: protobuf::MessageField::some(pb::Rootfs {
-                path: format!("{GUEST_SHARED_DIR}/{id}/rootfs"),
-                readonly: spec
-                    .root()
-                    .as_ref()
-                    .and_then(|r| r.readonly())
-                    .unwrap_or(false),
-                ..Default::default()
-            }),
+            rootfs: protobuf::MessageField::some(root),
             ..Default::default()
         };
         if let Err(e) = agent.create_container(req).await {
@@ -431,7 +450,7 @@ impl Sandbox {
     /// Kills what is left of a container, removes it in the guest and unmounts its volumes
     /// and its root.
     pub async fn remove_container(&mut self, id: &str) -> Result<(), SandboxError> {
-        if !self.rootfs.contains_key(id) {
+        if !self.rootfs.contains_key(id) && !self.block.in_use(id) {
             return Err(SandboxError::ContainerNotFound(id.to_string()));
         }
         let removed = self
@@ -452,6 +471,7 @@ impl Sandbox {
                 tracing::warn!(sandbox = %self.state.id, container = id, error = %e, "unmount volumes");
             }
         }
+        self.block.release(id);
         if let Some(mut mounted) = self.rootfs.remove(id) {
             if let Err(e) = mounted.unmount() {
                 tracing::warn!(sandbox = %self.state.id, container = id, error = %e, "unmount rootfs");

@@ -22,6 +22,7 @@ use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::ttrpc::{self, r#async::TtrpcContext};
 use containerd_shim::protos::types::task::ProcessInfo;
 use runv_runtime::agent::AgentClient;
+use runv_runtime::block_rootfs::BootContainer;
 use runv_runtime::config::Config;
 use runv_runtime::host_cgroup::HostCgroup;
 use runv_runtime::rootfs::{RootMount, RootfsSource};
@@ -221,6 +222,10 @@ impl TaskService {
                 id: Some(self.inner.sandbox_id.clone()),
                 vcpus: Some(vcpus),
                 memory_mib: Some(memory_mib),
+                first_container: Some(BootContainer {
+                    id: Some(req.id.clone()),
+                    rootfs: rootfs.clone(),
+                }),
                 ..Default::default()
             };
             let sandbox = match Sandbox::create(&config, opts).await {

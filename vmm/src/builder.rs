@@ -169,12 +169,13 @@ fn virtio_devices(
     }
     for (i, d) in config.disks.iter().enumerate() {
         let name = format!("block{i}");
+        let serial = d.serial.clone().unwrap_or_else(|| format!("runv-disk{i}"));
         devs.push((
             name.clone(),
             Box::new(Block::new(
                 &d.path,
                 d.read_only,
-                &format!("runv-disk{i}"),
+                &serial,
                 metrics.device(&name),
             )?),
         ));

@@ -152,21 +152,40 @@ pub struct BlockConfig {
     /// Reject guest writes.
     #[serde(default)]
     pub read_only: bool,
+    /// The serial the guest reads (GET_ID, at most 20 bytes); `runv-disk<N>` if not given.
+    #[serde(default)]
+    pub serial: Option<String>,
 }
 
 impl BlockConfig {
-    /// Parses `PATH[,ro]`.
+    /// Parses `PATH[,ro][,serial=ID]`.
     pub fn parse(s: &str) -> Self {
-        match s.strip_suffix(",ro") {
-            Some(p) => BlockConfig {
-                path: p.into(),
-                read_only: true,
-            },
-            None => BlockConfig {
-                path: s.into(),
-                read_only: false,
-            },
+        let (rest, serial) = match s.rsplit_once(",serial=") {
+            Some((rest, serial)) if !serial.contains(',') => (rest, Some(serial.to_string())),
+            _ => (s, None),
+        };
+        let (path, read_only) = match rest.strip_suffix(",ro") {
+            Some(p) => (p, true),
+            None => (rest, false),
+        };
+        BlockConfig {
+            path: path.into(),
+            read_only,
+            serial,
         }
+    }
+
+    /// The `--disk` value that [`Self::parse`] reads back.
+    pub fn to_arg(&self) -> String {
+        let mut arg = self.path.display().to_string();
+        if self.read_only {
+            arg.push_str(",ro");
+        }
+        if let Some(serial) = &self.serial {
+            arg.push_str(",serial=");
+            arg.push_str(serial);
+        }
+        arg
     }
 }
 
@@ -496,6 +515,15 @@ mod tests {
         assert_eq!(c.serial, SerialConfig::Unix { path: "/s".into() });
         assert!(c.disks[0].read_only);
         assert!(!c.disks[1].read_only);
+        assert_eq!(c.disks[0].serial, None);
+        let d = BlockConfig::parse("/d,x.img,ro,serial=rootfs-c1");
+        assert_eq!(d.path, PathBuf::from("/d,x.img"));
+        assert!(d.read_only);
+        assert_eq!(d.serial.as_deref(), Some("rootfs-c1"));
+        assert_eq!(BlockConfig::parse(&d.to_arg()), d);
+        let d = BlockConfig::parse("/d2,serial=s");
+        assert!(!d.read_only);
+        assert_eq!(d.serial.as_deref(), Some("s"));
         assert_eq!(c.fs.as_ref().unwrap().tag, "shared");
         assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
         assert!(!c.seccomp);

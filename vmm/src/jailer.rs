@@ -155,19 +155,15 @@ pub fn rewrite_args(args: &[String]) -> Result<(Vec<String>, Vec<BindMount>), Ja
                 out.extend([a.clone(), format!("/{name}")]);
             }
             "--disk" => {
-                let v = val()?;
-                let (path, ro) = match v.strip_suffix(",ro") {
-                    Some(p) => (p.to_string(), true),
-                    None => (v.clone(), false),
-                };
+                let mut disk = crate::config::BlockConfig::parse(&val()?);
                 let name = format!("disk{disks}.img");
                 disks += 1;
                 mounts.push(BindMount {
-                    host: PathBuf::from(path),
-                    name: name.clone(),
-                    read_only: ro,
+                    host: std::mem::replace(&mut disk.path, PathBuf::from(format!("/{name}"))),
+                    name,
+                    read_only: disk.read_only,
                 });
-                out.extend([a.clone(), format!("/{name}{}", if ro { ",ro" } else { "" })]);
+                out.extend([a.clone(), disk.to_arg()]);
             }
             "--vsock-uds" | "--api-socket" | "--fs-socket" => {
                 let v = val()?;

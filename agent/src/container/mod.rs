@@ -1,6 +1,7 @@
 //! Containers: creation, start, signals, stdio and removal, and the code that runs as a
 //! container's init process.
 
+pub mod block_rootfs;
 mod bpf;
 mod capabilities;
 pub mod cgroup;

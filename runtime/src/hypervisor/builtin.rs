@@ -39,7 +39,7 @@ impl Builtin {
     /// virtio-mmio device entries before the command line given here.
     pub fn vmm_args(vm: &VmSpec) -> Vec<String> {
         let dir = &vm.dir;
-        vec![
+        let mut args = vec![
             "--id".into(),
             vm.id.clone(),
             "--kernel".into(),
@@ -62,7 +62,14 @@ impl Builtin {
             vm.fs_tag.clone(),
             "--api-socket".into(),
             dir.join("vmm.sock").display().to_string(),
-        ]
+        ];
+        for disk in &vm.disks {
+            args.extend([
+                "--disk".into(),
+                format!("{},ro,serial={}", disk.path.display(), disk.serial),
+            ]);
+        }
+        args
     }
 }
 
@@ -136,6 +143,10 @@ mod tests {
             cmdline: "console=ttyS0 quiet".into(),
             shared_dir: "/run/runv/b1/shared".into(),
             fs_tag: "runvshared".into(),
+            disks: vec![super::super::VmDisk {
+                path: "/c/k.erofs".into(),
+                serial: "rootfs-b1".into(),
+            }],
         };
         let args = Builtin::vmm_args(&vm).join(" ");
         for expected in [
@@ -145,6 +156,7 @@ mod tests {
             "--vsock-uds /run/runv/b1/vsock.sock",
             "--fs-socket /run/runv/b1/virtiofsd.sock --fs-tag runvshared",
             "--api-socket /run/runv/b1/vmm.sock",
+            "--disk /c/k.erofs,ro,serial=rootfs-b1",
         ] {
             assert!(args.contains(expected), "{expected} in {args}");
         }

@@ -42,6 +42,17 @@ pub struct VmSpec {
     pub shared_dir: PathBuf,
     /// virtio-fs tag of the shared directory.
     pub fs_tag: String,
+    /// Read-only virtio-blk disks (container root images), given at boot.
+    pub disks: Vec<VmDisk>,
+}
+
+/// A read-only virtio-blk disk of a sandbox VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisk {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Serial the guest finds it by (`/sys/block/vd*/serial`), at most 20 bytes.
+    pub serial: String,
 }
 
 impl VmSpec {

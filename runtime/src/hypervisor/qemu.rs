@@ -115,6 +115,17 @@ impl Qemu {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ]);
+        for (i, disk) in vm.disks.iter().enumerate() {
+            args.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=none,id=disk{i},format=raw,readonly=on",
+                    disk.path.display()
+                ),
+                "-device".into(),
+                format!("virtio-blk-device,drive=disk{i},serial={}", disk.serial),
+            ]);
+        }
         args
     }
 
@@ -210,6 +221,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             shared_dir: "/run/runv/t1/shared".into(),
             fs_tag: "runvshared".into(),
+            disks: Vec::new(),
         }
     }
 
@@ -232,6 +244,20 @@ mod tests {
         );
         assert!(args.contains("-accel tcg"), "{args}");
         assert!(args.contains("-no-reboot"), "{args}");
+        assert!(!args.contains("-drive"), "{args}");
+        let mut vm = spec();
+        vm.disks.push(super::super::VmDisk {
+            path: "/cache/k.erofs".into(),
+            serial: "rootfs-c1".into(),
+        });
+        let args = q.qemu_args(&vm).join(" ");
+        assert!(
+            args.contains(
+                "-drive file=/cache/k.erofs,if=none,id=disk0,format=raw,readonly=on \
+                 -device virtio-blk-device,drive=disk0,serial=rootfs-c1"
+            ),
+            "{args}"
+        );
         if cfg!(target_arch = "x86_64") {
             assert!(args.contains("microvm,acpi=off"), "{args}");
         }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Spec;
 use runv_runtime::agent::AgentClient;
+use runv_runtime::block_rootfs::BootContainer;
 use runv_runtime::bundle;
 use runv_runtime::config::{Config, HypervisorKind};
 use runv_runtime::rootfs::{self, RootfsSource};
@@ -272,6 +273,10 @@ async fn run_spec(
         hypervisor: args.hypervisor,
         vcpus: args.cpus,
         memory_mib: args.memory,
+        first_container: Some(BootContainer {
+            id: None,
+            rootfs: rootfs.clone(),
+        }),
     };
     // A signal while the VM boots drops the half-made sandbox, which cleans itself up.
     let create = Sandbox::create(&config, opts);
