@@ -49,6 +49,7 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         reason,
     };
     let spec: Spec = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    crate::spec::refuse_hooks(&spec).map_err(invalid)?;
     let process = spec
         .process()
         .as_ref()

@@ -36,6 +36,32 @@ pub enum SpecError {
     Serialize(#[source] serde_json::Error),
 }
 
+/// The first lifecycle hook list of `spec` that is not empty, as an error naming it: runv
+/// does not run OCI hooks, and dropping them silently would skip what the caller relies on.
+pub fn refuse_hooks(spec: &Spec) -> Result<(), String> {
+    let Some(hooks) = spec.hooks() else {
+        return Ok(());
+    };
+    #[allow(deprecated)]
+    let lists = [
+        ("prestart", hooks.prestart()),
+        ("createRuntime", hooks.create_runtime()),
+        ("createContainer", hooks.create_container()),
+        ("startContainer", hooks.start_container()),
+        ("poststart", hooks.poststart()),
+        ("poststop", hooks.poststop()),
+    ];
+    for (name, list) in lists {
+        if let Some(first) = list.as_ref().and_then(|l| l.first()) {
+            return Err(format!(
+                "hooks.{name}: OCI hooks are not supported by runv (the container runs in a VM; {} would not run)",
+                first.path().display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The default `PATH` of a container, as runc and containerd set it.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -225,6 +251,20 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn hooks_are_refused_by_name() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion": "1.0.2", "hooks": {"prestart": [], "poststart": [{"path": "/bin/hook"}]}}"#,
+        )
+        .unwrap();
+        let err = refuse_hooks(&spec).unwrap_err();
+        assert!(err.starts_with("hooks.poststart:"), "{err}");
+        assert!(err.contains("/bin/hook"), "{err}");
+        let spec: Spec =
+            serde_json::from_str(r#"{"ociVersion": "1.0.2", "hooks": {"prestart": []}}"#).unwrap();
+        assert!(refuse_hooks(&spec).is_ok());
     }
 
     #[test]

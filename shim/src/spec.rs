@@ -65,8 +65,8 @@ fn namespace_for_guest(
 }
 
 /// The spec as the guest runs it: the root is the shared `rootfs` the agent is told about;
-/// namespaces are the guest's (see [`namespace_for_guest`]); hooks (host programs) and the
-/// host's cgroup path do not apply in the VM. Bind mounts of host paths stay: the runtime
+/// namespaces are the guest's (see [`namespace_for_guest`]); the host's cgroup path does not
+/// apply in the VM, and OCI hooks are refused by name (runv does not run them). Bind mounts of host paths stay: the runtime
 /// shares them with the guest and rewrites their sources as it creates the container
 /// (`runv_runtime::volumes`), which is also where the pod's `/dev/shm` bind gives way to
 /// the guest's own tmpfs.
@@ -84,7 +84,7 @@ pub fn for_guest(mut spec: Spec, pod: Option<PodInit>) -> Result<Spec, ShimError
         linux.set_namespaces(Some(namespaces));
         linux.set_cgroups_path(None);
     }
-    spec.set_hooks(None);
+    runv_runtime::spec::refuse_hooks(&spec).map_err(ShimError::InvalidArgument)?;
     Ok(spec)
 }
 
@@ -104,7 +104,7 @@ mod tests {
         "ociVersion": "1.0.2-dev",
         "process": {"args": ["uname", "-r"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
         "root": {"path": "rootfs"},
-        "hooks": {"prestart": [{"path": "/usr/bin/hook"}]},
+        "hooks": {"prestart": []},
         "annotations": {"io.kubernetes.cri.sandbox-id": "pod1"},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -121,6 +121,19 @@ mod tests {
     }"#;
 
     #[test]
+    fn hooks_are_refused_by_name() {
+        let mut json: serde_json::Value = serde_json::from_str(CONTAINERD_SPEC).unwrap();
+        json["hooks"] = serde_json::json!({"createRuntime": [{"path": "/usr/bin/hook"}]});
+        let spec: Spec = serde_json::from_value(json).unwrap();
+        match for_guest(spec, None) {
+            Err(ShimError::InvalidArgument(msg)) => {
+                assert!(msg.starts_with("hooks.createRuntime:"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn guest_spec_drops_what_only_the_host_has_and_keeps_volumes() {
         let spec: Spec = serde_json::from_str(CONTAINERD_SPEC).unwrap();
         assert_eq!(sandbox_id(&spec).as_deref(), Some("pod1"));
@@ -134,7 +147,6 @@ mod tests {
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
         assert!(json["linux"].get("cgroupsPath").is_none());
-        assert!(json.get("hooks").is_none());
         let dest: Vec<&str> = json["mounts"]
             .as_array()
             .unwrap()
