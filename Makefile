@@ -18,7 +18,7 @@ CONTAINERD_RESTART ?=
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all install-deps build agent kernel initramfs rootfs install run demo test lint unit runtimetest e2e aarch64-check bench bench-vmm clean
+.PHONY: all install-deps build agent kernel initramfs rootfs install run demo test lint unit runtimetest e2e aarch64-check bench bench-rootfs bench-vmm clean
 
 all: build
 
@@ -86,6 +86,11 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+# Container roots over virtio-fs vs an erofs image on virtio-blk, in the same run (needs
+# `make install`); RUNS=5 and FILES=3000 by default; writes target/bench/rootfs.json.
+bench-rootfs:
+	$(CARGO) run --release -p runv-benches --bin rootfs -- $(or $(RUNS),5) $(or $(FILES),3000)
 
 # runv-vmm against QEMU microvm on this /dev/kvm: start-up, first kernel line, memory overhead,
 # vsock (RUNS=10 by default); writes target/bench/vmm.json.
