@@ -157,3 +157,39 @@ fn a_writable_rootfs_directory_stays_on_virtiofs() {
     );
     assert!(cached_images(&cache).is_empty());
 }
+
+#[test]
+fn ctr_run_gets_the_image_layers_as_a_block_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cache) = block_config(dir.path());
+    let toml = std::fs::read_to_string(&config).expect("read the block config");
+    let containerd = runv_tests::containerd::Containerd::start_with_runv_config(&toml);
+    containerd.import_busybox();
+    let id = unique_name("blk-ctr");
+    let out = with_leak_check(&id, || {
+        containerd.run(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "grep ' / ' /proc/mounts; for fs in /sys/fs/erofs/vd*; do echo erofs:${fs##*/}; done; \
+                 echo hello > /written && cat /written",
+            ],
+        )
+    });
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    let root_line = text.lines().next().unwrap_or_default();
+    assert!(root_line.starts_with("overlay / overlay "), "{text}");
+    assert!(root_line.contains("lowerdir=/run/runv/block/"), "{text}");
+    assert!(text.lines().any(|l| l == "erofs:vda"), "{text}");
+    assert!(text.lines().any(|l| l == "hello"), "{text}");
+    // The image of containerd's snapshot layers is cached; nothing of it stays mounted.
+    assert_eq!(
+        cached_images(&cache).len(),
+        1,
+        "{:?}",
+        cached_images(&cache)
+    );
+    assert!(mounts_mentioning(&cache.display().to_string()).is_empty());
+}
