@@ -351,9 +351,10 @@ pub fn mount_entry(rootfs: &Path, m: &Mount, cgroup_dir: Option<&Path>) -> Resul
 }
 
 /// Filesystems a user namespace cannot mount unless it owns the namespace they show (the
-/// network namespace for sysfs, the ipc one for mqueue, the cgroup one for cgroup2); the
-/// guest's own mount of them is bound instead, as other runtimes do.
-const BINDABLE_INSTEAD: [&str; 3] = ["sysfs", "mqueue", "cgroup2"];
+/// network namespace for sysfs, the ipc one for mqueue); the guest's own mount of them is
+/// bound instead, as other runtimes do. cgroup2 has its own arm: it binds the container's
+/// cgroup directory.
+const BINDABLE_INSTEAD: [&str; 2] = ["sysfs", "mqueue"];
 
 /// Binds (recursively) the agent's mount of `fstype` on `dest` and applies the mount's
 /// restricting flags (ro, nosuid, nodev, noexec) to it and everything under it.
