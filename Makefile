@@ -80,9 +80,12 @@ e2e: runtimetest
 
 test: install-deps install lint unit aarch64-check e2e
 
-# Start-up phases of `runv run --rm -- true` (needs `make install`).
-bench:
-	$(CARGO) run --release -p runv-benches --bin startup -- $(or $(RUNS),5)
+# runv against its peers in one run (needs `make install`): cold start by phase, `ctr run`
+# with runv/runc/crun, the agent's create+start against runc/crun, idle memory, density
+# (DENSITY=10,50), runv-vmm against QEMU; writes target/bench/report.json.
+bench: agent
+	$(CARGO) build --release -p runv-benches
+	target/release/bench --runs $(or $(RUNS),5) --density $(or $(DENSITY),10,50)
 
 clean:
 	$(CARGO) clean

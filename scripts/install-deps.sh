@@ -17,6 +17,8 @@ APT_PACKAGES=(
     musl-tools
     # containerd and OCI images for the shim's end-to-end tests
     containerd umoci
+    # the peers `make bench` measures runv against (runc comes with containerd)
+    crun
     # protoc, for the CRI client (k8s-cri) of the CRI end-to-end tests
     protobuf-compiler
 )

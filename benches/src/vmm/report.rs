@@ -8,36 +8,64 @@ use crate::stats::Summary;
 pub struct Row {
     pub section: &'static str,
     pub figure: String,
-    pub subject: &'static str,
+    pub subject: String,
     pub unit: &'static str,
     pub summary: Summary,
 }
 
-#[derive(Default)]
 pub struct Report {
+    /// The header of the subject column ("monitor" in the vmm bench).
+    subject_label: &'static str,
     rows: Vec<Row>,
     notes: Vec<(&'static str, String)>,
     extra: Map<String, Value>,
 }
 
+impl Default for Report {
+    fn default() -> Self {
+        Self::with_subject_label("monitor")
+    }
+}
+
 impl Report {
+    pub fn with_subject_label(subject_label: &'static str) -> Self {
+        Self {
+            subject_label,
+            rows: Vec::new(),
+            notes: Vec::new(),
+            extra: Map::new(),
+        }
+    }
+
     pub fn row(
         &mut self,
         section: &'static str,
         figure: impl Into<String>,
-        subject: &'static str,
+        subject: impl Into<String>,
         unit: &'static str,
         samples: &[f64],
     ) {
         if let Some(summary) = Summary::of(samples) {
-            self.rows.push(Row {
-                section,
-                figure: figure.into(),
-                subject,
-                unit,
-                summary,
-            });
+            self.summary_row(section, figure, subject, unit, summary);
         }
+    }
+
+    /// A row whose figures were summarized elsewhere (another bench's report).
+    pub fn summary_row(
+        &mut self,
+        section: &'static str,
+        figure: impl Into<String>,
+        subject: impl Into<String>,
+        unit: &'static str,
+        summary: Summary,
+    ) {
+        self.rows.push(Row {
+            section,
+            figure: figure.into(),
+            subject: subject.into(),
+            unit,
+            summary,
+        });
     }
 
     /// What a section measured, its caveats, or why it has no rows.
@@ -61,8 +89,10 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let (rows, notes) = self.sorted();
-        let mut s =
-            String::from("| section | figure | monitor | unit | min | median | max | runs |\n");
+        let mut s = format!(
+            "| section | figure | {} | unit | min | median | max | runs |\n",
+            self.subject_label
+        );
         s.push_str("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |\n");
         for r in rows {
             let m = r.summary;
@@ -93,7 +123,7 @@ impl Report {
                 let mut v = r.summary.to_json(r.unit);
                 v["section"] = json!(r.section);
                 v["figure"] = json!(r.figure);
-                v["monitor"] = json!(r.subject);
+                v[self.subject_label] = json!(r.subject);
                 v
             })
             .collect();
