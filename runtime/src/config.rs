@@ -222,7 +222,8 @@ pub struct RuntimeConfig {
     pub boot_timeout_ms: u64,
     /// Longest wait for one agent request that is not a wait or a read.
     pub request_timeout_ms: u64,
-    /// Longest wait for the VM to power off before it is killed.
+    /// Longest wait for the guest to stop its containers and sync its filesystems (the
+    /// agent's Shutdown) before the hypervisor is killed.
     pub shutdown_timeout_ms: u64,
     /// Guest log level: error, warn, info, debug.
     pub guest_log_level: String,

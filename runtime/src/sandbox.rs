@@ -501,14 +501,24 @@ impl Sandbox {
         self.down = true;
         self.state.status = SandboxStatus::Stopping;
         let _ = self.dir.save(&self.state);
-        let mut grace = Duration::ZERO;
+        // The agent answers Shutdown once every container is gone, the guest's filesystems
+        // are synced and the shared one is unmounted: nothing in the VM is left to lose, so
+        // the hypervisor is stopped at once instead of waiting for the guest to power off.
         if let Some(agent) = self.agent.take() {
-            match agent.shutdown().await {
-                Ok(()) => grace = self.config.runtime.shutdown_timeout(),
-                Err(e) => tracing::warn!(sandbox = %self.state.id, error = %e, "agent shutdown"),
+            let limit = self.config.runtime.shutdown_timeout();
+            match tokio::time::timeout(limit, agent.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox = %self.state.id, error = %e, "agent shutdown")
+                }
+                Err(_) => tracing::warn!(
+                    sandbox = %self.state.id,
+                    limit_ms = limit.as_millis(),
+                    "agent shutdown did not finish in time"
+                ),
             }
         }
-        self.hypervisor.stop(grace).await;
+        self.hypervisor.stop(Duration::ZERO).await;
         let ids: Vec<String> = self.rootfs.keys().cloned().collect();
         for id in ids {
             self.release_mounts(&id);
