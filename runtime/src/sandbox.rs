@@ -150,10 +150,13 @@ fn now_unix() -> u64 {
         .as_secs()
 }
 
-/// The guest kernel command line runv boots with.
+/// The guest kernel command line runv boots with. `no_timer_check`: the kernel's check that
+/// the timer interrupt reaches it through the IO-APIC counts on the guest getting CPU time
+/// within a few ticks; a guest starved by a loaded host (dozens of sandboxes booting at once
+/// under emulation) fails it and stops booting.
 pub fn kernel_cmdline(config: &Config) -> String {
     let mut cmdline = format!(
-        "console=ttyS0 rdinit=/init quiet 8250.nr_uarts=1 runv.log={}",
+        "console=ttyS0 rdinit=/init quiet 8250.nr_uarts=1 no_timer_check runv.log={}",
         config.runtime.guest_log_level
     );
     if !config.hypervisor.kernel_params.trim().is_empty() {

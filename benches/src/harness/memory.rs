@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use runv_tests::containerd::{Containerd, BUSYBOX_IMAGE, RUNV_RUNTIME};
 use runv_tests::{descendants_of, processes_mentioning};
 
-use crate::procs::{comm, guest_ram_kib, pss_kib};
+use crate::procs::{comm, cpu_seconds, guest_ram_kib, pss_kib};
 use crate::report::Report;
 use crate::Options;
 
@@ -18,6 +18,10 @@ const SECTION: &str = "4 idle memory";
 const LIMIT: Duration = Duration::from_secs(120);
 /// How long a fresh sandbox is left alone before it is measured.
 const SETTLE: Duration = Duration::from_secs(3);
+/// How long the idle hypervisor's CPU use is watched.
+const CPU_WINDOW: Duration = Duration::from_secs(3);
+/// The figure (in % of one host core, not MiB) kept beside the PSS ones.
+const IDLE_CPU: &str = "idle CPU of the hypervisor";
 
 fn mib(kib: u64) -> f64 {
     // Memory figures stay far below 2^52 KiB, where f64 would lose precision.
@@ -100,6 +104,10 @@ fn measure_runv(containerd: &Containerd, id: &str) -> Result<(PssByKind, Option<
         };
         let mut pss = pss_kib(pid)?;
         if kind.starts_with("hypervisor") {
+            let before = cpu_seconds(pid)?;
+            std::thread::sleep(CPU_WINDOW);
+            let used = cpu_seconds(pid)? - before;
+            figures.insert(IDLE_CPU, used / CPU_WINDOW.as_secs_f64() * 100.0);
             if let Some((size, rss, ram_pss)) = guest_ram_kib(pid)? {
                 pss = pss.saturating_sub(ram_pss);
                 guest = Some((mib(size), mib(rss)));
@@ -108,7 +116,11 @@ fn measure_runv(containerd: &Containerd, id: &str) -> Result<(PssByKind, Option<
         *figures.entry(kind).or_insert(0.0) += mib(pss);
     }
     stop(containerd, id);
-    let total: f64 = figures.values().sum();
+    let total: f64 = figures
+        .iter()
+        .filter(|(kind, _)| **kind != IDLE_CPU)
+        .map(|(_, v)| v)
+        .sum();
     figures.insert("total outside guest RAM", total);
     Ok((figures, guest))
 }
@@ -150,7 +162,11 @@ pub fn run(o: &Options, report: &mut Report) -> Result<()> {
         runc.push(measure_runc(&containerd, &format!("bench-mem-runc-{run}"))?);
     }
     for (kind, values) in &samples {
-        report.row(SECTION, format!("PSS: {kind}"), "runv", "MiB", values);
+        if *kind == IDLE_CPU {
+            report.row(SECTION, *kind, "runv", "%core", values);
+        } else {
+            report.row(SECTION, format!("PSS: {kind}"), "runv", "MiB", values);
+        }
     }
     report.row(SECTION, "guest RAM configured", "runv", "MiB", &configured);
     report.row(SECTION, "guest RAM touched (RSS)", "runv", "MiB", &touched);

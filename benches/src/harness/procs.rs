@@ -118,6 +118,31 @@ fn mappings(smaps: &str) -> impl Iterator<Item = Mapping<'_>> {
     out.into_iter()
 }
 
+/// CPU time (user + system) `pid` has used so far, seconds.
+pub fn cpu_seconds(pid: i32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read stat of {pid}"))?;
+    // The fields after the command name (which may hold spaces) in parentheses; utime and
+    // stime are the 14th and 15th of the whole line.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("parse stat of {pid}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .with_context(|| format!("short stat of {pid}"))?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    // SAFETY: sysconf() with a valid name only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // Tick counts of a process stay far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    let secs = ticks as f64 / per_second.max(1) as f64;
+    Ok(secs)
+}
+
 /// The command name of `pid` (`/proc/PID/comm`).
 pub fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
