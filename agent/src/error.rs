@@ -3,6 +3,7 @@
 //! The runtime on the host acts on the code (NOT_FOUND, ALREADY_EXISTS, ...), so every
 //! failure carries the one that fits and a short message naming the thing concerned.
 
+use crate::network::NetworkError;
 use ttrpc::Code;
 
 use crate::container::block_rootfs::BlockRootError;
@@ -48,6 +49,8 @@ pub enum AgentError {
     Stdio { id: String, source: StdioError },
     #[error(transparent)]
     BlockRoot(#[from] crate::container::block_rootfs::BlockRootError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("{what}: {source}")]
     Os {
         what: String,
@@ -80,6 +83,12 @@ impl AgentError {
                 BlockRootError::FsType(_) | BlockRootError::Serial(_) => Code::INVALID_ARGUMENT,
                 BlockRootError::NotFound { .. } => Code::NOT_FOUND,
                 BlockRootError::Os { .. } => Code::INTERNAL,
+            },
+            Self::Network(err) => match err {
+                NetworkError::Invalid { .. } => Code::INVALID_ARGUMENT,
+                NetworkError::NoLink { .. } => Code::NOT_FOUND,
+                NetworkError::HostNamespace => Code::FAILED_PRECONDITION,
+                NetworkError::Netlink { .. } => Code::INTERNAL,
             },
             Self::Cgroup { .. } | Self::Sync { .. } | Self::Os { .. } => Code::INTERNAL,
         }

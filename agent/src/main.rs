@@ -6,6 +6,7 @@ mod container;
 mod error;
 mod init;
 mod logging;
+mod network;
 mod reaper;
 mod rpc;
 mod sandbox;

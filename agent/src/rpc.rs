@@ -105,7 +105,14 @@ impl agent_ttrpc::Agent for AgentService {
         if req.host_time_unix_nanos != 0 {
             self.sandbox.set_clock(req.host_time_unix_nanos);
         }
-        let result = self.sandbox.create_sandbox(&req.hostname, shared_fs).await;
+        let network = match crate::network::plan(req.network.get_or_default()) {
+            Ok(network) => network,
+            Err(e) => return reply("CreateSandbox", "", Err(e.into())),
+        };
+        let result = self
+            .sandbox
+            .create_sandbox(&req.hostname, shared_fs, network)
+            .await;
         reply("CreateSandbox", "", result.map(|()| Empty::new()))
     }
 
@@ -387,6 +394,18 @@ impl agent_ttrpc::Agent for AgentService {
         req: ContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
         let result = self.sandbox.container(&req.container_id).map(|c| c.stats());
+        let result = match result {
+            Ok(mut stats) => {
+                // The pod's interfaces: every container shares the guest's network namespace.
+                match tokio::task::spawn_blocking(crate::network::stats).await {
+                    Ok(Ok(network)) => stats.network = network,
+                    Ok(Err(err)) => tracing::warn!(%err, "network stats"),
+                    Err(err) => tracing::warn!(%err, "network stats task"),
+                }
+                Ok(stats)
+            }
+            Err(e) => Err(e),
+        };
         reply("StatsContainer", &req.container_id, result)
     }
 

@@ -98,11 +98,24 @@ impl Sandbox {
         &self,
         hostname: &str,
         shared_fs: Option<(String, PathBuf)>,
+        network: crate::network::Plan,
     ) -> Result<(), AgentError> {
         self.wait_system_ready().await;
         let mut setup = self.setup.lock().await;
         if setup.is_some() {
             return Err(AgentError::SandboxExists);
+        }
+        if !network.is_empty() {
+            // In development mode the agent must have been given a network namespace of its
+            // own: the one of the host's PID 1 is never reconfigured.
+            if self.mode == Mode::Dev && crate::network::in_host_namespace() {
+                return Err(crate::network::NetworkError::HostNamespace.into());
+            }
+            tokio::task::spawn_blocking(move || crate::network::apply(&network))
+                .await
+                .map_err(|e| {
+                    AgentError::os(format!("network setup task: {e}"), nix::errno::Errno::EIO)
+                })??;
         }
         if !hostname.is_empty() && self.mode == Mode::Pid1 {
             nix::unistd::sethostname(hostname)

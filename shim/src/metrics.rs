@@ -2,7 +2,7 @@
 //! metrics` and the CRI plugin's ContainerStats decode.
 
 use containerd_shim::protos::cgroups_v2::metrics::{
-    CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+    CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, NetworkStat, PidsStat,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
@@ -95,6 +95,24 @@ pub fn to_metrics(stats: &StatsContainerResponse) -> Metrics {
             ..Default::default()
         })
         .into(),
+        // The pod's interfaces, as the guest counts them (its network namespace is the
+        // pod's, shared by every container).
+        network: stats
+            .network
+            .iter()
+            .map(|n| NetworkStat {
+                name: n.interface.clone(),
+                rx_bytes: n.rx_bytes,
+                rx_packets: n.rx_packets,
+                rx_errors: n.rx_errors,
+                rx_dropped: n.rx_dropped,
+                tx_bytes: n.tx_bytes,
+                tx_packets: n.tx_packets,
+                tx_errors: n.tx_errors,
+                tx_dropped: n.tx_dropped,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -114,7 +132,7 @@ pub fn to_any(stats: &StatsContainerResponse) -> Result<Any, ShimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runv_agent_protocol::agent::{CpuStats, MemoryStats, PidsStats};
+    use runv_agent_protocol::agent::{CpuStats, MemoryStats, NetworkStats, PidsStats};
 
     #[test]
     fn figures_land_in_the_v2_fields() {
@@ -138,6 +156,13 @@ mod tests {
                 ..Default::default()
             })
             .into(),
+            network: vec![NetworkStats {
+                interface: "eth0".into(),
+                rx_bytes: 1500,
+                tx_packets: 3,
+                tx_dropped: 1,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let any = to_any(&stats).unwrap();
@@ -149,5 +174,11 @@ mod tests {
         assert_eq!(back.memory.inactive_file, 1024);
         assert_eq!(back.memory_events.oom_kill, 1);
         assert_eq!((back.pids.current, back.pids.limit), (2, 10));
+        let eth0 = &back.network[0];
+        assert_eq!(eth0.name, "eth0");
+        assert_eq!(
+            (eth0.rx_bytes, eth0.tx_packets, eth0.tx_dropped),
+            (1500, 3, 1)
+        );
     }
 }

@@ -10,8 +10,9 @@ pub use std::time::{Duration, Instant};
 
 pub use runv_agent_protocol::agent::{
     CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest, Empty,
-    ExecProcessRequest, ProcessRequest, ReadStreamRequest, RemoveContainerRequest,
-    ResizeTerminalRequest, Rootfs, SignalProcessRequest, UpdateContainerRequest, WriteStdinRequest,
+    ExecProcessRequest, Interface, IpAddress, Network, ProcessRequest, ReadStreamRequest,
+    RemoveContainerRequest, ResizeTerminalRequest, Rootfs, Route, SignalProcessRequest,
+    UpdateContainerRequest, WriteStdinRequest,
 };
 pub use runv_agent_protocol::agent_ttrpc::AgentClient;
 pub use serde_json::{json, Value};
@@ -48,6 +49,18 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub async fn start(name: &str) -> (Self, AgentClient) {
+        Self::start_wrapped(name, &[]).await
+    }
+
+    /// Like [`Self::start`], with the agent in the network namespace `ip netns` named
+    /// `netns` (`nsenter`, which execs the agent, so the child's pid stays the agent's; unlike
+    /// `ip netns exec` it leaves /sys, and so the cgroup hierarchy, as it is).
+    pub async fn start_in_netns(name: &str, netns: &str) -> (Self, AgentClient) {
+        let net = format!("--net=/run/netns/{netns}");
+        Self::start_wrapped(name, &["nsenter", &net]).await
+    }
+
+    async fn start_wrapped(name: &str, wrapper: &[&str]) -> (Self, AgentClient) {
         let tag = format!("runv-agent-test-{}-{name}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
         let _ = std::fs::remove_dir_all(&dir);
@@ -55,7 +68,16 @@ impl TestAgent {
         build_rootfs(&rootfs);
         let socket_path = dir.join("agent.sock");
         let cgroup_parent = cgroup2_root().join(&tag);
-        let child = Command::new(env!("CARGO_BIN_EXE_runv-agent"))
+        let agent_bin = env!("CARGO_BIN_EXE_runv-agent");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin);
+                c
+            }
+            None => Command::new(agent_bin),
+        };
+        let child = command
             .arg("--listen")
             .arg(format!("unix://{}", socket_path.display()))
             .arg("--cgroup-root")
