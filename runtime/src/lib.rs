@@ -15,6 +15,7 @@ pub mod config;
 pub mod host;
 pub mod host_cgroup;
 pub mod hypervisor;
+pub mod network;
 pub mod process;
 pub mod rootfs;
 pub mod sandbox;
