@@ -19,6 +19,8 @@ APT_PACKAGES=(
     containerd umoci
     # the peers `make bench` measures runv against (runc comes with containerd)
     crun
+    # CNI plugins (bridge, host-local) for the pod network tests
+    containernetworking-plugins
     # protoc, for the CRI client (k8s-cri) of the CRI end-to-end tests
     protobuf-compiler
 )

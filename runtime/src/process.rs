@@ -47,7 +47,19 @@ impl Helper {
     ///
     /// Spawn only from a thread that lives as long as the sandbox (the death signal follows
     /// the spawning thread): runv's runtime threads do.
-    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Self, ProcessError> {
+    pub fn spawn(name: &'static str, cmd: Command, log: &Path) -> Result<Self, ProcessError> {
+        Self::spawn_with_fds(name, cmd, log, &[])
+    }
+
+    /// [`Self::spawn`], with the descriptors `inherit` (open in runv) left open in the child
+    /// under the same numbers, e.g. a tap the hypervisor is told about as `fd=N`.
+    pub fn spawn_with_fds(
+        name: &'static str,
+        mut cmd: Command,
+        log: &Path,
+        inherit: &[std::os::fd::RawFd],
+    ) -> Result<Self, ProcessError> {
+        let inherit = inherit.to_vec();
         let log_err = |source| ProcessError::Log {
             path: log.to_path_buf(),
             source,
@@ -64,9 +76,14 @@ impl Helper {
             .process_group(0)
             .kill_on_drop(true);
         // SAFETY: the closure runs in the child between fork and exec and only makes the
-        // async-signal-safe prctl and getppid system calls.
+        // async-signal-safe prctl, getppid and fcntl system calls.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                for fd in &inherit {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -5,6 +5,7 @@
 //! unmount, remove) when an owner lets go of a sandbox without shutting it down.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,10 +16,12 @@ use crate::agent::{AgentClient, AgentError, ReadyListener};
 use crate::block_rootfs::{BlockRootfsError, BlockRoots, BootContainer};
 use crate::config::{validate_vm_size, Config, ConfigError, HypervisorKind};
 use crate::host::{self, Choice, ChoiceError};
-use crate::hypervisor::{Builtin, Hypervisor, HypervisorError, Qemu, VmSpec};
+use crate::hypervisor::{Builtin, Hypervisor, HypervisorError, Qemu, VmNic, VmSpec};
+use crate::network::{NetworkError, PodNetwork};
 use crate::rootfs::{MountedRootfs, RootfsError, RootfsSource, SharedDir};
 use crate::state::{
-    validate_id, ContainerState, OwnerLock, SandboxDir, SandboxState, SandboxStatus, StateError,
+    validate_id, ContainerState, NetworkState, OwnerLock, SandboxDir, SandboxState, SandboxStatus,
+    StateError,
 };
 use crate::volumes::{VolumeError, Volumes};
 
@@ -51,6 +54,9 @@ pub enum SandboxError {
     /// A volume cannot be shared or could not be mounted.
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// The pod's network cannot be read or plumbed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     /// The container root image could not be built.
     #[error(transparent)]
     BlockRootfs(#[from] BlockRootfsError),
@@ -100,6 +106,8 @@ pub struct SandboxOptions {
     /// The container that will be created first, so that with `[runtime] rootfs = "block"`
     /// its root can be a disk the VM boots with.
     pub first_container: Option<BootContainer>,
+    /// The pod's network namespace (a CNI plugin's); `None`: the guest has loopback only.
+    pub netns: Option<PathBuf>,
 }
 
 /// When each phase of a sandbox's life ended, as offsets from its creation.
@@ -129,6 +137,7 @@ pub struct Sandbox {
     volumes: BTreeMap<String, Volumes>,
     block: BlockRoots,
     shared: Option<SharedDir>,
+    network: Option<PodNetwork>,
     created: Instant,
     timings: Timings,
     down: bool,
@@ -194,6 +203,7 @@ impl Sandbox {
             containers: Vec::new(),
             agent_version: None,
             guest_kernel: None,
+            network: None,
         };
         let mut sandbox = Self {
             config: config.clone(),
@@ -206,11 +216,12 @@ impl Sandbox {
             volumes: BTreeMap::new(),
             block: BlockRoots::default(),
             shared: None,
+            network: None,
             created,
             timings: Timings::default(),
             down: false,
         };
-        match sandbox.boot(opts.first_container).await {
+        match sandbox.boot(opts.first_container, opts.netns).await {
             Ok(()) => Ok(sandbox),
             Err(e) => {
                 sandbox.teardown(true).await;
@@ -219,8 +230,28 @@ impl Sandbox {
         }
     }
 
-    async fn boot(&mut self, first: Option<BootContainer>) -> Result<(), SandboxError> {
+    async fn boot(
+        &mut self,
+        first: Option<BootContainer>,
+        netns: Option<PathBuf>,
+    ) -> Result<(), SandboxError> {
         self.dir.save(&self.state)?;
+        if let Some(netns) = netns {
+            let network = tokio::task::spawn_blocking(move || crate::network::setup(&netns))
+                .await
+                .map_err(|e| {
+                    SandboxError::Network(NetworkError::Namespace {
+                        path: PathBuf::new(),
+                        reason: format!("network setup task: {e}"),
+                    })
+                })??;
+            self.state.network = Some(NetworkState {
+                netns: network.netns.clone(),
+                plumbed: network.plumbed.clone(),
+            });
+            self.dir.save(&self.state)?;
+            self.network = Some(network);
+        }
         let image_scratch = self.dir.path().join("scratch").join(".image");
         self.block =
             BlockRoots::prepare(&self.config, &self.state.id, first, image_scratch).await?;
@@ -237,6 +268,16 @@ impl Sandbox {
             shared_dir: shared,
             fs_tag: SHARED_FS_TAG.to_string(),
             disks: self.block.disks().to_vec(),
+            nics: self
+                .network
+                .iter()
+                .flat_map(|n| &n.nics)
+                .map(|nic| VmNic {
+                    tap_fd: nic.tap.as_raw_fd(),
+                    mac: nic.mac.clone(),
+                    mtu: nic.mtu,
+                })
+                .collect(),
         };
         // Listening for the agent's readiness notification before the VM exists: it can
         // not come too early.
@@ -307,6 +348,7 @@ impl Sandbox {
                 mount_point: GUEST_SHARED_DIR.to_string(),
                 ..Default::default()
             }),
+            network: self.network.as_ref().map(|n| n.guest.clone()).into(),
             ..Default::default()
         };
         agent.create_sandbox(req).await?;
@@ -482,6 +524,17 @@ impl Sandbox {
         }
     }
 
+    /// Closes runv's tap descriptors (the hypervisor is gone, so the taps go with them) and
+    /// removes the tc plumbing from the pod's namespace.
+    fn release_network(&mut self) {
+        drop(self.network.take());
+        if let Some(network) = self.state.network.take() {
+            if let Err(e) = crate::network::teardown(&network.netns, &network.plumbed) {
+                tracing::warn!(sandbox = %self.state.id, error = %e, "remove the pod network's plumbing");
+            }
+        }
+    }
+
     fn release_shared(&mut self) {
         if let Some(mut shared) = self.shared.take() {
             if let Err(e) = shared.release() {
@@ -522,6 +575,7 @@ impl Sandbox {
             }
         }
         self.hypervisor.stop(Duration::ZERO).await;
+        self.release_network();
         let ids: Vec<String> = self.rootfs.keys().cloned().collect();
         for id in ids {
             self.release_mounts(&id);
@@ -551,6 +605,7 @@ impl Drop for Sandbox {
         tracing::warn!(sandbox = %self.state.id, "sandbox dropped while running; killing it");
         self.agent = None;
         self.hypervisor.kill_now();
+        self.release_network();
         let ids: Vec<String> = self.rootfs.keys().cloned().collect();
         for id in ids {
             self.release_mounts(&id);

@@ -143,6 +143,18 @@ pub struct SandboxState {
     pub agent_version: Option<String>,
     /// Guest kernel release once the agent answered.
     pub guest_kernel: Option<String>,
+    /// The pod network runv plumbed, for its teardown (also by a later cleanup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkState>,
+}
+
+/// The pod network of a sandbox, as far as its teardown needs it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkState {
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+    /// The interfaces runv plumbed there.
+    pub plumbed: Vec<crate::network::Plumbed>,
 }
 
 /// A sandbox's directory.
@@ -332,6 +344,7 @@ mod tests {
             containers: vec![],
             agent_version: None,
             guest_kernel: None,
+            network: None,
         }
     }
 

@@ -28,6 +28,20 @@ pub struct PodInit {
     pub guest_pid: Option<u32>,
 }
 
+/// The network namespace path of the host's spec, if it names one: the pod's, which the
+/// sandbox's VM gets its network from.
+pub fn network_namespace(spec: &Spec) -> Option<std::path::PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
 /// Maps one namespace of the host's spec to the guest: `None` drops it.
 ///
 /// The network namespace goes: the VM is the pod's network boundary. A path is only

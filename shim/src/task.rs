@@ -226,6 +226,9 @@ impl TaskService {
                     id: Some(req.id.clone()),
                     rootfs: rootfs.clone(),
                 }),
+                // The pod's network namespace, as the CRI plugin (after its CNI call) or
+                // `ctr run --with-ns network:PATH` names it; none: loopback only.
+                netns: spec::network_namespace(&host_spec),
                 ..Default::default()
             };
             let sandbox = match Sandbox::create(&config, opts).await {

@@ -1,6 +1,7 @@
 //! Helpers for runv's end-to-end tests: they drive the installed `runv` (or `RUNV_BIN`) on
 //! real QEMU with the real guest kernel, and check that nothing of a sandbox outlives it.
 
+pub mod cni;
 pub mod containerd;
 pub mod cri;
 

@@ -77,6 +77,14 @@ impl Builtin {
 impl Hypervisor for Builtin {
     async fn start(&mut self, vm: &VmSpec) -> Result<(), HypervisorError> {
         check_guest_files(vm)?;
+        if !vm.nics.is_empty() {
+            // runv-vmm opens its tap by name in its own namespace (`--net-tap`); taking the
+            // pod's already-open tap is still to come. Refused rather than booted offline.
+            return Err(HypervisorError::Unsupported(
+                "a pod network with the builtin hypervisor (runv-vmm); use hypervisor \"qemu\" or --net none"
+                    .to_string(),
+            ));
+        }
         let vmm = require_binary(&self.binaries.runv_vmm)?;
         let virtiofsd = require_binary(&self.binaries.virtiofsd)?;
         let fs = self.helpers.push(Helper::spawn(
@@ -147,6 +155,7 @@ mod tests {
                 path: "/c/k.erofs".into(),
                 serial: "rootfs-b1".into(),
             }],
+            nics: Vec::new(),
         };
         let args = Builtin::vmm_args(&vm).join(" ");
         for expected in [

@@ -44,6 +44,19 @@ pub struct VmSpec {
     pub fs_tag: String,
     /// Read-only virtio-blk disks (container root images), given at boot.
     pub disks: Vec<VmDisk>,
+    /// virtio-net devices, given at boot.
+    pub nics: Vec<VmNic>,
+}
+
+/// A virtio-net device of a sandbox VM: an open tap the hypervisor inherits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNic {
+    /// The tap's descriptor in runv (kept open by runv until the VM is gone).
+    pub tap_fd: std::os::fd::RawFd,
+    /// The guest's MAC (the pod interface's).
+    pub mac: String,
+    /// The interface's MTU, announced to the guest.
+    pub mtu: u32,
 }
 
 /// A read-only virtio-blk disk of a sandbox VM.

@@ -115,6 +115,17 @@ impl Qemu {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ]);
+        for (i, nic) in vm.nics.iter().enumerate() {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=net{i},fd={},vhost=off", nic.tap_fd),
+                "-device".into(),
+                format!(
+                    "virtio-net-device,netdev=net{i},mac={},host_mtu={}",
+                    nic.mac, nic.mtu
+                ),
+            ]);
+        }
         for (i, disk) in vm.disks.iter().enumerate() {
             args.extend([
                 "-drive".into(),
@@ -172,8 +183,13 @@ impl Hypervisor for Qemu {
         let mut cmd = Command::new(qemu);
         cmd.args(self.qemu_args(vm));
         tracing::debug!(sandbox = %vm.id, args = ?self.qemu_args(vm), "starting qemu");
-        self.helpers
-            .push(Helper::spawn("qemu", cmd, &vm.dir.join("qemu.log"))?);
+        let taps: Vec<_> = vm.nics.iter().map(|n| n.tap_fd).collect();
+        self.helpers.push(Helper::spawn_with_fds(
+            "qemu",
+            cmd,
+            &vm.dir.join("qemu.log"),
+            &taps,
+        )?);
         Ok(())
     }
 
@@ -222,6 +238,7 @@ mod tests {
             shared_dir: "/run/runv/t1/shared".into(),
             fs_tag: "runvshared".into(),
             disks: Vec::new(),
+            nics: Vec::new(),
         }
     }
 

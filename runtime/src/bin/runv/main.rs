@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command in a container in a new sandbox VM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Send a signal to a container (as `runc kill`).
     Kill(kill::KillArgs),
     /// Report what this host offers and which backend runv would use.
@@ -82,7 +82,7 @@ fn main() {
     init_logging(cli.debug);
     let code = match cli.command {
         Command::Run(args) => match load_config() {
-            Ok(config) => run::main(args, config),
+            Ok(config) => run::main(*args, config),
             Err(code) => code,
         },
         Command::Check(args) => check::main(args),

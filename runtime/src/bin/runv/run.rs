@@ -65,6 +65,14 @@ pub struct RunArgs {
     /// --rootfs, -e, -w, -u and -t are refused with it.
     #[arg(long, value_name = "DIR")]
     bundle: Option<PathBuf>,
+    /// The pod's network namespace (e.g. /var/run/netns/NAME, made and filled by a CNI
+    /// plugin): its interfaces, addresses and routes become the guest's. With --bundle, the
+    /// spec's network namespace path is used when this is not given.
+    #[arg(long, value_name = "PATH", conflicts_with = "net")]
+    netns: Option<PathBuf>,
+    /// `none`: loopback only, whatever a bundle's spec names (the default without --netns).
+    #[arg(long, value_name = "MODE", value_parser = ["none"])]
+    net: Option<String>,
     /// Write the phase timings of this run as JSON to FILE.
     #[arg(long, value_name = "FILE", hide = true)]
     timings: Option<PathBuf>,
@@ -268,6 +276,10 @@ async fn run_spec(
             return EXIT_RUNTIME_ERROR;
         }
     };
+    // The pod's namespace is the host side of the VM's network; inside, the container
+    // shares the guest's namespace, so the path does not go to the guest.
+    let mut spec = spec;
+    let spec_netns = take_spec_netns(&mut spec);
     let opts = SandboxOptions {
         id: args.name.clone(),
         hypervisor: args.hypervisor,
@@ -277,6 +289,11 @@ async fn run_spec(
             id: None,
             rootfs: rootfs.clone(),
         }),
+        netns: if args.net.is_some() {
+            None
+        } else {
+            args.netns.clone().or(spec_netns)
+        },
     };
     // A signal while the VM boots drops the half-made sandbox, which cleans itself up.
     let create = Sandbox::create(&config, opts);
@@ -479,4 +496,15 @@ impl Signals {
         }
         Ok(Self { rx })
     }
+}
+
+/// Takes the network namespace path a spec names, if any, out of it.
+fn take_spec_netns(spec: &mut Spec) -> Option<PathBuf> {
+    let namespaces = spec.linux_mut().as_mut()?.namespaces_mut().as_mut()?;
+    let ns = namespaces
+        .iter_mut()
+        .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?;
+    let path = ns.path().clone().filter(|p| !p.as_os_str().is_empty());
+    ns.set_path(None);
+    path
 }
