@@ -88,7 +88,7 @@ impl AgentError {
                 NetworkError::Invalid { .. } => Code::INVALID_ARGUMENT,
                 NetworkError::NoLink { .. } => Code::NOT_FOUND,
                 NetworkError::HostNamespace => Code::FAILED_PRECONDITION,
-                NetworkError::Netlink { .. } => Code::INTERNAL,
+                NetworkError::Netlink(_) => Code::INTERNAL,
             },
             Self::Cgroup { .. } | Self::Sync { .. } | Self::Os { .. } => Code::INTERNAL,
         }

@@ -11,18 +11,15 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{
+use runv_agent_protocol::agent as pb;
+use runv_netlink::netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use runv_netlink::netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use runv_netlink::netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use runv_netlink::netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use runv_agent_protocol::agent as pb;
+use runv_netlink::netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use runv_netlink::{format_mac, link_mac, link_name, Netlink};
 
 /// How long a NIC named in the request may take to appear (the virtio-net driver probes it
 /// before PID 1 runs, so this is a bound, not an expected wait).
@@ -43,11 +40,8 @@ pub enum NetworkError {
         waited: Duration,
     },
     /// A netlink request failed.
-    #[error("{what}: {source}")]
-    Netlink {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Netlink(#[from] runv_netlink::Error),
     /// Configuring the namespace the agent runs in would change the host's own network.
     #[error("refusing to configure the network namespace the agent shares with the process that started it (development mode: start it in a network namespace of its own)")]
     HostNamespace,
@@ -104,13 +98,6 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
         *byte = u8::from_str_radix(part, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
-}
-
-fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn max_prefix(ip: &IpAddr) -> u8 {
@@ -309,115 +296,6 @@ pub fn in_host_namespace() -> bool {
     }
 }
 
-/// A route netlink socket with request/acknowledge helpers.
-struct Netlink {
-    socket: Socket,
-    sequence: u32,
-}
-
-impl Netlink {
-    fn open() -> Result<Self, NetworkError> {
-        let wrap = |source| NetworkError::Netlink {
-            what: "open a route netlink socket".into(),
-            source,
-        };
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(wrap)?;
-        socket.bind_auto().map_err(wrap)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(wrap)?;
-        Ok(Self {
-            socket,
-            sequence: 0,
-        })
-    }
-
-    /// Sends `message` with `flags` (plus REQUEST and ACK); returns what the kernel sent back
-    /// before its acknowledgement or the end of a dump.
-    fn request(
-        &mut self,
-        what: &str,
-        message: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetworkError> {
-        let err = |source| NetworkError::Netlink {
-            what: what.to_string(),
-            source,
-        };
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut packet =
-            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
-        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        packet.header.sequence_number = self.sequence;
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0).map_err(err)?;
-        let mut replies = Vec::new();
-        let mut receive = vec![0u8; 64 * 1024];
-        loop {
-            let size = self.socket.recv(&mut &mut receive[..], 0).map_err(err)?;
-            let mut offset = 0;
-            while offset < size {
-                let reply: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&receive[offset..size]).map_err(|e| {
-                        err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            e.to_string(),
-                        ))
-                    })?;
-                let length = usize::try_from(reply.header.length).unwrap_or(0);
-                if reply.header.sequence_number == self.sequence {
-                    match reply.payload {
-                        NetlinkPayload::Done(_) => return Ok(replies),
-                        NetlinkPayload::Error(e) => {
-                            return match e.code {
-                                None => Ok(replies),
-                                Some(code) => Err(err(std::io::Error::from_raw_os_error(
-                                    code.get().saturating_neg(),
-                                ))),
-                            };
-                        }
-                        NetlinkPayload::InnerMessage(m) => replies.push(m),
-                        _ => {}
-                    }
-                }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
-            }
-        }
-    }
-
-    fn links(&mut self) -> Result<Vec<LinkMessage>, NetworkError> {
-        let replies = self.request(
-            "list links",
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(link) => Some(link),
-                _ => None,
-            })
-            .collect())
-    }
-}
-
-fn link_name(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(name) => Some(name.as_str()),
-        _ => None,
-    })
-}
-
-fn link_mac(link: &LinkMessage) -> Option<&[u8]> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(mac) => Some(mac.as_slice()),
-        _ => None,
-    })
-}
-
 /// Applies a checked plan: links (found by MAC, waiting up to [`LINK_WAIT`] for them), then
 /// routes.
 pub fn apply(plan: &Plan) -> Result<(), NetworkError> {
@@ -588,7 +466,7 @@ fn add_route(
             NLM_F_CREATE | NLM_F_REPLACE,
         ) {
             Ok(_) => break,
-            Err(NetworkError::Netlink { source, .. })
+            Err(runv_netlink::Error { source, .. })
                 if route.gateway.is_some()
                     && matches!(
                         source.raw_os_error(),
@@ -598,7 +476,7 @@ fn add_route(
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     tracing::info!(route = %shown, gateway = ?route.gateway, device = ?route.device, "route added");

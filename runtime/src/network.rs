@@ -18,23 +18,20 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{
+use runv_agent_protocol::agent as pb;
+use runv_netlink::netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use runv_netlink::netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use runv_netlink::netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use runv_netlink::netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
-use netlink_packet_route::tc::{
+use runv_netlink::netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
     TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
     TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use runv_agent_protocol::agent as pb;
+use runv_netlink::netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use runv_netlink::{format_mac, link_name, Netlink};
 use serde::{Deserialize, Serialize};
 
 /// What runv appends to a veth's name for its tap (kept within IFNAMSIZ).
@@ -62,13 +59,8 @@ pub enum NetworkError {
         path: PathBuf,
     },
     /// A netlink request failed.
-    #[error("{what}: {source}")]
-    Netlink {
-        /// The request.
-        what: String,
-        /// The kernel's answer.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Netlink(#[from] runv_netlink::Error),
     /// A tap could not be made.
     #[error("tap {name}: {what}: {source}")]
     Tap {
@@ -117,100 +109,29 @@ pub struct PodNetwork {
     pub guest: pb::Network,
 }
 
-/// A route netlink socket with request/acknowledge helpers.
-struct Netlink {
-    socket: Socket,
-    sequence: u32,
+/// The requests the pod network's plumbing makes, on runv's netlink socket.
+trait Plumbing {
+    fn addresses(&mut self) -> Result<Vec<AddressMessage>, NetworkError>;
+    fn routes(&mut self, family: AddressFamily) -> Result<Vec<RouteMessage>, NetworkError>;
+    fn add_ingress(&mut self, index: u32, name: &str) -> Result<(), NetworkError>;
+    fn del_ingress(&mut self, index: u32, name: &str) -> Result<(), NetworkError>;
+    fn add_redirect(&mut self, from: u32, to: u32, what: &str) -> Result<(), NetworkError>;
+    fn set_link(&mut self, index: u32, name: &str, mtu: u32, up: bool) -> Result<(), NetworkError>;
 }
 
-impl Netlink {
-    fn open() -> Result<Self, NetworkError> {
-        let wrap = |source| NetworkError::Netlink {
-            what: "open a route netlink socket".into(),
-            source,
-        };
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(wrap)?;
-        socket.bind_auto().map_err(wrap)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(wrap)?;
-        Ok(Self {
-            socket,
-            sequence: 0,
-        })
-    }
+/// The ingress qdisc of link `index` (`tc qdisc ... dev X ingress`).
+fn ingress_qdisc(index: u32) -> TcMessage {
+    let mut qdisc = TcMessage::default();
+    qdisc.header.index = i32::try_from(index).unwrap_or_default();
+    qdisc.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    qdisc.header.parent = TcHandle::INGRESS;
+    qdisc
+}
 
-    /// Sends `message` with `flags` (plus REQUEST and ACK); returns what came back before the
-    /// acknowledgement or the end of a dump.
-    fn request(
-        &mut self,
-        what: &str,
-        message: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetworkError> {
-        let err = |source| NetworkError::Netlink {
-            what: what.to_string(),
-            source,
-        };
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut packet =
-            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
-        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        packet.header.sequence_number = self.sequence;
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0).map_err(err)?;
-        let mut replies = Vec::new();
-        let mut receive = vec![0u8; 64 * 1024];
-        loop {
-            let size = self.socket.recv(&mut &mut receive[..], 0).map_err(err)?;
-            let mut offset = 0;
-            while offset < size {
-                let reply: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&receive[offset..size]).map_err(|e| {
-                        err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            e.to_string(),
-                        ))
-                    })?;
-                let length = usize::try_from(reply.header.length).unwrap_or(0);
-                if reply.header.sequence_number == self.sequence {
-                    match reply.payload {
-                        NetlinkPayload::Done(_) => return Ok(replies),
-                        NetlinkPayload::Error(e) => {
-                            return match e.code {
-                                None => Ok(replies),
-                                Some(code) => Err(err(std::io::Error::from_raw_os_error(
-                                    code.get().saturating_neg(),
-                                ))),
-                            };
-                        }
-                        NetlinkPayload::InnerMessage(m) => replies.push(m),
-                        _ => {}
-                    }
-                }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
-            }
-        }
-    }
-
-    fn links(&mut self) -> Result<Vec<LinkMessage>, NetworkError> {
-        Ok(self
-            .request(
-                "list links",
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                NLM_F_DUMP,
-            )?
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(link) => Some(link),
-                _ => None,
-            })
-            .collect())
-    }
-
+impl Plumbing for Netlink {
     fn addresses(&mut self) -> Result<Vec<AddressMessage>, NetworkError> {
         Ok(self
             .request(
@@ -245,13 +166,7 @@ impl Netlink {
 
     /// An ingress qdisc on link `index` (`tc qdisc add dev X ingress`).
     fn add_ingress(&mut self, index: u32, name: &str) -> Result<(), NetworkError> {
-        let mut qdisc = TcMessage::default();
-        qdisc.header.index = i32::try_from(index).unwrap_or_default();
-        qdisc.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        qdisc.header.parent = TcHandle::INGRESS;
+        let mut qdisc = ingress_qdisc(index);
         qdisc.attributes.push(TcAttribute::Kind("ingress".into()));
         self.request(
             &format!("add an ingress qdisc to {name}"),
@@ -263,13 +178,7 @@ impl Netlink {
 
     /// Deletes the ingress qdisc of link `index` and with it its filters.
     fn del_ingress(&mut self, index: u32, name: &str) -> Result<(), NetworkError> {
-        let mut qdisc = TcMessage::default();
-        qdisc.header.index = i32::try_from(index).unwrap_or_default();
-        qdisc.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        qdisc.header.parent = TcHandle::INGRESS;
+        let qdisc = ingress_qdisc(index);
         self.request(
             &format!("delete the ingress qdisc of {name}"),
             RouteNetlinkMessage::DelQueueDiscipline(qdisc),
@@ -340,23 +249,10 @@ impl Netlink {
     }
 }
 
-fn link_name(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(name) => Some(name.as_str()),
-        _ => None,
-    })
-}
-
 fn link_mac(link: &LinkMessage) -> Option<String> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(mac) if mac.len() == 6 => Some(
-            mac.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
-        ),
-        _ => None,
-    })
+    runv_netlink::link_mac(link)
+        .filter(|mac| mac.len() == 6)
+        .map(format_mac)
 }
 
 fn link_mtu(link: &LinkMessage) -> u32 {
@@ -643,7 +539,7 @@ fn netlink_del_veth_ingress(netlink: &mut Netlink, veth: &str) -> Result<(), Net
     match index {
         Some(index) => match netlink.del_ingress(index, veth) {
             // No qdisc (never made, or already gone): nothing to undo.
-            Err(NetworkError::Netlink { source, .. })
+            Err(NetworkError::Netlink(runv_netlink::Error { source, .. }))
                 if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) =>
             {
                 Ok(())
