@@ -261,3 +261,94 @@ fn ctr_run_with_the_pods_namespace_gets_its_network_through_the_shim() {
     assert!(text.contains("done"), "{text}");
     assert_no_plumbing(&pod.netns);
 }
+
+#[test]
+fn a_cri_pod_gets_its_cni_address_in_the_guest() {
+    use runv_tests::containerd::{Containerd, BUSYBOX_IMAGE, RUNV_HANDLER};
+    use runv_tests::cri;
+    if !root() {
+        return;
+    }
+    let bridge = Bridge::new(1500);
+    let containerd = Containerd::start_cri();
+    bridge.install_for_cri(
+        &containerd.dir().join("cni/conf"),
+        &containerd.dir().join("cni/bin"),
+    );
+    let mut client = containerd.cri();
+    let name = unique_name("cri-net");
+    let log_dir = containerd.dir().join("pods").join(&name);
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let mut pod_config = cri::host_network_pod(&name, &log_dir, &containerd.cgroup_parent());
+    let pod_network = |options: &mut Option<cri::v1::NamespaceOption>| {
+        if let Some(options) = options {
+            options.network = cri::v1::NamespaceMode::Pod.into();
+        }
+    };
+    if let Some(linux) = pod_config.linux.as_mut() {
+        if let Some(ctx) = linux.security_context.as_mut() {
+            pod_network(&mut ctx.namespace_options);
+        }
+    }
+    // The CRI plugin picks the CNI configuration up from its directory a moment after it
+    // appears.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pod = loop {
+        match client.run_pod_sandbox(&pod_config, RUNV_HANDLER) {
+            Ok(pod) => break pod,
+            Err(e) if e.message().contains("cni") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("RunPodSandbox: {e}\n{}", containerd.log()),
+        }
+    };
+    let status = client.pod_sandbox_status(&pod).expect("PodSandboxStatus");
+    let pod_ip = status.network.map(|n| n.ip).unwrap_or_default();
+    assert!(
+        pod_ip.starts_with(&bridge.subnet_prefix),
+        "pod IP {pod_ip:?} not from {}.0/24",
+        bridge.subnet_prefix
+    );
+
+    let listener = Command::new("busybox")
+        .args(["nc", "-l", "-p", "18090"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("host server");
+    let mut config = cri::container("app", BUSYBOX_IMAGE, &["sleep", "3600"]);
+    if let Some(linux) = config.linux.as_mut() {
+        if let Some(ctx) = linux.security_context.as_mut() {
+            pod_network(&mut ctx.namespace_options);
+        }
+    }
+    let id = client
+        .create_container(&pod, &config, &pod_config)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", containerd.log()));
+    client.start_container(&id).expect("StartContainer");
+    let script = format!(
+        "ip -o addr show dev eth0; echo hello-from-the-cri-pod | nc {} 18090",
+        bridge.gateway()
+    );
+    let out = client
+        .exec_sync(&id, &["sh", "-c", &script], 60)
+        .expect("ExecSync");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("inet {pod_ip}/24")), "{text}");
+    let mut received = String::new();
+    let mut listener = listener;
+    listener
+        .stdout
+        .take()
+        .expect("server stdout")
+        .read_to_string(&mut received)
+        .unwrap();
+    let _ = listener.wait();
+    assert_eq!(received.trim(), "hello-from-the-cri-pod");
+    client.remove_everything();
+}

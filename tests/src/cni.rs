@@ -125,6 +125,24 @@ impl Bridge {
         }
     }
 
+    /// Makes the CNI configuration dir `conf` and plugin dir `bin` (as containerd's CRI
+    /// plugin reads them) use this bridge.
+    pub fn install_for_cri(&self, conf: &Path, bin: &Path) {
+        for plugin in ["bridge", "host-local", "loopback"] {
+            let link = bin.join(plugin);
+            if !link.exists() {
+                std::os::unix::fs::symlink(Path::new(CNI_PATH).join(plugin), link)
+                    .expect("link a CNI plugin");
+            }
+        }
+        let list = format!(
+            r#"{{"cniVersion":"1.0.0","name":"{}","plugins":[{}]}}"#,
+            self.name,
+            self.config()
+        );
+        std::fs::write(conf.join("10-runv-test.conflist"), list).expect("CNI config");
+    }
+
     /// The gateway (the bridge's own address).
     pub fn gateway(&self) -> String {
         format!("{}.1", self.subnet_prefix)

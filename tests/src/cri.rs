@@ -142,6 +142,15 @@ impl Cri {
         call!(self, runtime, exec_sync, request)
     }
 
+    /// `PodSandboxStatus` of pod `id`.
+    pub fn pod_sandbox_status(&mut self, id: &str) -> Result<api::PodSandboxStatus, tonic::Status> {
+        let request = api::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: false,
+        };
+        call!(self, runtime, pod_sandbox_status, request).map(|r| r.status.unwrap_or_default())
+    }
+
     /// `ContainerStats` of container `id`.
     pub fn container_stats(&mut self, id: &str) -> Result<api::ContainerStats, tonic::Status> {
         let request = api::ContainerStatsRequest {
