@@ -82,7 +82,8 @@ test: install-deps install lint unit aarch64-check e2e
 
 # runv against its peers in one run (needs `make install`): cold start by phase, `ctr run`
 # with runv/runc/crun, the agent's create+start against runc/crun, idle memory, density
-# (DENSITY=10,50), runv-vmm against QEMU; writes target/bench/report.json.
+# (DENSITY=10,50), runv-vmm against QEMU, TCP on a CNI bridge against runc; writes
+# target/bench/report.json.
 bench: agent
 	$(CARGO) build --release -p runv-benches
 	target/release/bench --runs $(or $(RUNS),5) --density $(or $(DENSITY),10,50)

@@ -21,11 +21,11 @@ use crate::report::Report;
 use crate::Options;
 
 const SECTION: &str = "3 create+start";
-const BUSYBOX_ROOT: &str = "/usr/local/share/runv/rootfs/busybox";
+pub const BUSYBOX_ROOT: &str = "/usr/local/share/runv/rootfs/busybox";
 
 /// The spec all three get: `true` in the busybox root, read-only, with the mounts, namespaces
 /// and limits a typical container has.
-fn spec(root: &Path, cgroups_path: &str) -> Value {
+pub fn spec(root: &Path, cgroups_path: &str) -> Value {
     json!({
         "ociVersion": "1.0.2",
         "process": {

@@ -12,7 +12,9 @@
 //! 5. `density`: N sandboxes started at once: time until all run, p50/p99 per sandbox, and a
 //!    check that all are gone afterwards;
 //! 6. `vmm`: runv-vmm against `qemu -M microvm` to the first kernel console line (the `vmm`
-//!    bench's kernel section).
+//!    bench's kernel section);
+//! 7. `network`: TCP round trips and throughput between a container on a CNI bridge and the
+//!    bridge's host side, runv against runc.
 //!
 //! Usage: bench [--runs N] [--density N[,N...]] [--only SECTION]...
 //! Environment: RUNV_BIN, RUNV_SHIM (binaries under test, default the installed ones),
@@ -28,6 +30,7 @@ mod agent;
 mod ctr;
 mod density;
 mod memory;
+mod network;
 mod procs;
 mod startup;
 mod vmm;
@@ -41,7 +44,9 @@ use report::Report;
 /// A section of the report.
 type Section = fn(&Options, &mut Report) -> Result<()>;
 
-const SECTIONS: [&str; 6] = ["startup", "ctr", "agent", "memory", "density", "vmm"];
+const SECTIONS: [&str; 7] = [
+    "startup", "ctr", "agent", "memory", "density", "vmm", "network",
+];
 
 /// Command-line options.
 pub struct Options {
@@ -126,13 +131,14 @@ fn main() -> Result<()> {
     // A section that cannot run on this host says why in a note; an error in one section
     // is reported and the others still run, then the bench fails.
     let mut failed = Vec::new();
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("startup", startup::run),
         ("ctr", ctr::run),
         ("agent", agent::run),
         ("memory", memory::run),
         ("density", density::run),
         ("vmm", vmm::run),
+        ("network", network::run),
     ];
     for (name, section) in sections {
         if !o.wants(name) {
