@@ -108,6 +108,17 @@ fn pod_network() -> Network {
     }
 }
 
+async fn stats(
+    client: &AgentClient,
+    id: &str,
+) -> runv_agent_protocol::agent::StatsContainerResponse {
+    let req = ContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    client.stats_container(ctx(), &req).await.unwrap()
+}
+
 fn sandbox(network: Network) -> CreateSandboxRequest {
     CreateSandboxRequest {
         sandbox_id: "sb".into(),
@@ -189,16 +200,7 @@ async fn the_pod_network_is_applied_by_mac_and_bad_input_changes_nothing() {
     let spec = agent.spec(&["sleep", "30"]);
     create(&client, &agent, "c1", &spec).await.unwrap();
     start(&client, "c1").await.unwrap();
-    let before = client
-        .stats_container(
-            ctx(),
-            &ContainerRequest {
-                container_id: "c1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let before = stats(&client, "c1").await;
     let eth0 = |s: &runv_agent_protocol::agent::StatsContainerResponse| {
         s.network
             .iter()
@@ -227,16 +229,7 @@ async fn the_pod_network_is_applied_by_mac_and_bad_input_changes_nothing() {
         "{}",
         String::from_utf8_lossy(&ping.stdout)
     );
-    let after = client
-        .stats_container(
-            ctx(),
-            &ContainerRequest {
-                container_id: "c1".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let after = stats(&client, "c1").await;
     assert!(eth0(&after).tx_packets >= eth0(&before).tx_packets + 3);
     assert!(eth0(&after).rx_bytes > eth0(&before).rx_bytes);
     remove(&client, "c1", 0).await.unwrap();
