@@ -170,8 +170,12 @@ pub fn apply(masks: &CapMasks) -> Result<(), InitFailure> {
         )
     };
     Errno::result(ret).map_err(|e| InitFailure::os("clear ambient capabilities", e))?;
+    // The kernel holds an ambient capability only while it is both permitted and
+    // inheritable. One the spec lists without those (an unmodified `runc spec` does) is left
+    // out, as runc leaves it out, instead of failing the container.
+    let raisable = masks.ambient & masks.permitted & masks.inheritable;
     for cap in 0..=last_cap().min(63) {
-        if masks.ambient & (1 << cap) != 0 {
+        if raisable & (1 << cap) != 0 {
             // SAFETY: integer arguments only.
             let ret = unsafe {
                 libc::prctl(
